@@ -1,0 +1,155 @@
+"""Every default of lsdata, in one place (the RecBole ``overall.yaml`` idea, as pydantic models).
+
+Each option below is documented where it is defined; the CLI and the Python API read their
+defaults from here, so ``lsdata <cmd> --help`` and this file never disagree.
+
+Conventions that hold everywhere
+--------------------------------
+* Dense ids are 1-based ``int32``; **0 is reserved for padding** (the reference code used 0 for a
+  real item *and* for padding, quirk Q-H6).
+* Within a user, events are ordered by ``(ts, src_file, src_row)``: time, then the order of the
+  input files on the command line, then the line number. Ties in time are therefore broken by file
+  order, exactly as the reference's stable sort does, but explicitly.
+* "Before the target" means **strictly earlier timestamp** (``ts < target_ts``). Events that share
+  the target's timestamp are never history, even if they come earlier in file order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import IntEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Behavior(IntEnum):
+    """Behaviour codes stored in the ``behavior`` columns (int8). 0 is padding."""
+
+    pad = 0
+    pv = 1  #: Taobao page view / click
+    cart = 2  #: Taobao add-to-cart
+    fav = 3  #: Taobao favourite
+    buy = 4  #: Taobao purchase
+    review = 5  #: Amazon review (review files)
+    rating = 6  #: ratings-only CSV row
+    click = 7  #: XLong behaviour (the files carry no type)
+
+
+TAOBAO_BEHAVIORS = ("pv", "cart", "fav", "buy")
+
+#: Tianchi UserBehavior collection window: 2017-11-25 00:00 to 2017-12-03 24:00, Asia/Shanghai (UTC+8),
+#: as unix seconds, half-open [start, end).
+TAOBAO_WINDOW = (1511539200, 1512316800)
+
+#: Unix seconds; used only to sanity-check time columns.
+MIN_TS = 0
+MAX_TS = int(datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp())
+
+DEFAULT_SEED = 1111  #: the HPMN reference's seed
+DEFAULT_CHUNK_BYTES = 64 << 20  #: bytes of raw text parsed per batch
+DEFAULT_PARTITION_BYTES = 128 << 20  #: input bytes per user-hash partition when --partitions is auto
+MAX_PARTITIONS = 256
+UNKNOWN_CATEGORY = "<unknown>"  #: raw value of the explicit unknown category (Amazon items without meta)
+
+
+class _Opts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestOptions(_Opts):
+    """Options of ``lsdata ingest`` (all sources)."""
+
+    strict: bool = Field(False, description="Stop at the first malformed row (file:line:field) instead of quarantining it.")
+    partitions: int | None = Field(
+        None, ge=1, le=MAX_PARTITIONS,
+        description="User-hash partitions (output files). None = one per 128 MiB of input, at least 1.",
+    )
+    chunk_bytes: int = Field(DEFAULT_CHUNK_BYTES, ge=1 << 10, description="Raw bytes parsed per batch.")
+    behaviors: tuple[str, ...] | None = Field(None, description="Taobao: keep only these behaviour types (default all).")
+    window: tuple[int, int] = Field(TAOBAO_WINDOW, description="Taobao collection window [start, end) in unix seconds.")
+    keep_out_of_window: bool = Field(
+        False, description="Taobao: keep rows whose timestamp is outside the window (always counted)."
+    )
+    category_path: Literal["last", "first"] = Field(
+        "last", description="Amazon: leaf of the last category path (HPMN) or of the first (MIMN)."
+    )
+    kinds: dict[str, str] = Field(default_factory=dict, description="Per-file kind override (path -> kind).")
+    xlong_valid_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="XLong: share of train lines carved out as validation.")
+    seed: int = Field(DEFAULT_SEED, description="Seed for anything random at ingest (XLong validation carve).")
+
+
+class SplitOptions(_Opts):
+    """Options of ``lsdata split``: the split rule lives in :mod:`lsdata.split`."""
+
+    method: Literal["cut", "loo"] = Field(
+        "cut",
+        description="cut: global cut time on users' last events (HPMN rule). loo: leave-one-out per user "
+        "(last = test, second last = valid); leaks global time, for comparability only.",
+    )
+    cut_time: int | None = Field(None, description="Explicit cut (unix seconds). Users whose last event is > cut go to test.")
+    cut_quantile: float = Field(0.7, gt=0.0, lt=1.0, description="Cut = sorted last-event times at position int(q*n).")
+    valid_quantile: float | None = Field(
+        0.9, gt=0.0, lt=1.0,
+        description="Validation carved from train by the same rule on train users' last events; None = no validation set.",
+    )
+    valid_cut_time: int | None = Field(None, description="Explicit validation cut (unix seconds), overrides valid_quantile.")
+    neg_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Probability that a sample's target is replaced by a random negative item.")
+    seed: int = Field(DEFAULT_SEED, description="Seed of the label coin flips and negative draws.")
+
+
+class LayoutLengths(_Opts):
+    """Widths of a layout's fixed-size list columns.
+
+    ``hist`` counts history events only: the target is kept in its own columns, so a model that wants
+    the reference's "candidate as the last step" appends it (``hist + 1`` steps). For ``shan`` the
+    history is ``long + short`` events; for item-side sequences ``side``/``side_long + side_short``.
+    """
+
+    hist: int = Field(ge=1)
+    side: int = Field(ge=1)
+    short: int = Field(0, ge=0, description="shan: recent part width")
+    side_short: int = Field(0, ge=0, description="shan: item-side recent part width")
+
+
+#: Reference widths per dataset and layout (protocol.md §2.3, HPMN/MIMN code).
+PRESETS: dict[str, dict[str, LayoutLengths]] = {
+    "amazon": {
+        "plain": LayoutLengths(hist=100, side=100),
+        "hpmn": LayoutLengths(hist=100, side=100),
+        "shan": LayoutLengths(hist=100, side=100, short=10, side_short=10),
+        "mimn": LayoutLengths(hist=100, side=100),
+    },
+    "taobao": {
+        "plain": LayoutLengths(hist=300, side=35),
+        "hpmn": LayoutLengths(hist=300, side=36),
+        "shan": LayoutLengths(hist=300, side=36, short=44, side_short=8),
+        "mimn": LayoutLengths(hist=200, side=36),
+    },
+    "xlong": {
+        "plain": LayoutLengths(hist=1000, side=184),
+        "hpmn": LayoutLengths(hist=1000, side=184),
+        # reference: long 768 + short 233 steps including the target; here 768 + 233 history slots
+        "shan": LayoutLengths(hist=1001, side=184, short=233, side_short=24),
+        "mimn": LayoutLengths(hist=1000, side=184),
+    },
+}
+
+LAYOUTS = ("plain", "hpmn", "shan", "mimn")
+SPLITS = ("train", "valid", "test")
+
+
+def parse_time(value: str | int) -> int:
+    """Unix seconds from an int, a digit string, or an ISO date/datetime (naive = UTC)."""
+    if isinstance(value, int):
+        return value
+    s = str(value).strip()
+    if s.lstrip("-").isdigit():
+        return int(s)
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError as e:
+        raise ValueError(f"not a unix timestamp or ISO date/datetime: {value!r}") from e
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp())

@@ -1,0 +1,103 @@
+"""``lsdata ingest``: raw files -> ``events/``, ``sequences/``, ``vocab/``, ``quarantine.parquet``, ``manifest.json``.
+
+A source module provides ``DATASET``, ``RAW_TYPE``, ``EVENT_KINDS``, ``plan(paths, options)`` (recognise each
+file's kind from its content; raise :class:`lsdata.io.InputError` on a wrong format), ``prepare(tasks, ctx)``
+(read side tables such as Amazon meta first; return raw item -> raw category or None) and
+``read(task, ctx)`` (parse one event file). A source that arrives already as samples (XLong) provides
+``ingest(paths, out, options, progress)`` instead.
+
+Everything is written to a staging directory and published at the end; ``manifest.json`` is written last,
+so a killed run never leaves a dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from lsdata.defaults import DEFAULT_PARTITION_BYTES, MAX_PARTITIONS, IngestOptions
+from lsdata.events import EventBuilder
+from lsdata.ingest import amazon, taobao, xlong
+from lsdata.ingest.common import IngestContext, Quarantine, reconcile
+from lsdata.io import InputError, check_input_file, file_bytes, publish, sha256_file, staging_dir, write_model_atomic
+from lsdata.schemas import Manifest
+
+SOURCES = {"taobao": taobao, "amazon": amazon, "xlong": xlong}
+OUTPUTS = ["vocab", "events", "sequences", "quarantine.parquet", "manifest.json"]
+DOWNSTREAM = ["split", "layouts"]  # invalidated by a new ingest
+
+
+def auto_partitions(paths: list[str]) -> int:
+    return max(1, min(MAX_PARTITIONS, math.ceil(file_bytes(paths) / DEFAULT_PARTITION_BYTES)))
+
+
+def is_synthetic(path: str) -> bool:
+    """Generators write ``FILE.synthetic.json`` beside each file they make."""
+    return Path(str(path).split("::")[0] + ".synthetic.json").exists()
+
+
+def output_hashes(root: Path, entries: list[str]) -> dict[str, str]:
+    out = {}
+    for e in entries:
+        p = root / e
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        for f in files:
+            if f.is_file():
+                out[str(f.relative_to(root))] = sha256_file(f)
+    return out
+
+
+def ingest(
+    dataset: str,
+    paths: list[str],
+    out: str | Path,
+    options: IngestOptions | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Run the ingest stage; returns the manifest that was written to ``out/manifest.json``."""
+    options = options or IngestOptions()
+    if dataset not in SOURCES:
+        raise InputError(f"unknown dataset {dataset!r}; choose from {', '.join(SOURCES)}")
+    if not paths:
+        raise InputError("no input files given")
+    for p in paths:
+        check_input_file(p)
+    mod = SOURCES[dataset]
+    out = Path(out)
+    if hasattr(mod, "ingest"):
+        return mod.ingest(paths, out, options, progress)
+    tasks = mod.plan(paths, options)
+    partitions = options.partitions or auto_partitions(paths)
+    with staging_dir(out, "ingest") as tmp:
+        builder = EventBuilder(tmp / "work", partitions, mod.RAW_TYPE)
+        quarantine = Quarantine(options.strict)
+        ctx = IngestContext(builder, quarantine, options, progress)
+        item_cat = mod.prepare(tasks, ctx)
+        for t in tasks:
+            if t.kind in mod.EVENT_KINDS:
+                mod.read(t, ctx)
+        if builder.rows == 0:
+            raise InputError(
+                f"no valid events in {', '.join(paths)} ({quarantine.count} rows quarantined); nothing to write"
+            )
+        summary = builder.finish(tmp, item_cat)
+        shutil.rmtree(tmp / "work", ignore_errors=True)
+        quarantine.write(tmp / "quarantine.parquet")
+        sources = [reconcile(t, ctx.file(t), sha256_file(t.path), file_bytes([t.path])) for t in tasks]
+        manifest = Manifest(
+            dataset=dataset,
+            synthetic=all(is_synthetic(p) for p in paths),
+            options=options.model_dump(mode="json"),
+            sources=sources,
+            partitions=partitions,
+            quarantined=quarantine.count,
+            files=output_hashes(tmp, OUTPUTS[:-1]),
+            **summary,
+        )
+        write_model_atomic(tmp / "manifest.json", manifest)
+        for d in DOWNSTREAM:
+            shutil.rmtree(out / d, ignore_errors=True)
+        publish(tmp, out, OUTPUTS, "manifest.json")
+    return manifest

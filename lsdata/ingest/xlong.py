@@ -1,0 +1,1 @@
+"""Placeholder module replaced by the XLong converter (being written)."""

@@ -1,0 +1,219 @@
+"""File plumbing shared by every stage: compressed input, line chunks, hashing, atomic output.
+
+Nothing here knows about datasets. Raw inputs may be plain, gzip, bzip2 or zip (one member, or a
+member named ``archive.zip::member``); the kind is recognised from the file's first bytes, not from its
+name.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from pydantic import BaseModel
+
+
+class InputError(Exception):
+    """Bad user input (missing/empty file, wrong format, malformed row in --strict mode).
+
+    The CLI prints the message on one line and exits with status 2; no traceback.
+    """
+
+
+def _split_member(path: str | Path) -> tuple[Path, str | None]:
+    s = str(path)
+    if "::" in s:
+        p, m = s.split("::", 1)
+        return Path(p), m
+    return Path(s), None
+
+
+def compression_of(path: str | Path) -> str:
+    """'gzip', 'bz2', 'zip' or 'none', from the file's magic bytes."""
+    p, _ = _split_member(path)
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:3] == b"BZh":
+        return "bz2"
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    return "none"
+
+
+def check_input_file(path: str | Path) -> Path:
+    """Raise :class:`InputError` if the file is missing, a directory, or empty."""
+    p, member = _split_member(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected a file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: file is empty")
+    return p
+
+
+@contextlib.contextmanager
+def open_binary(path: str | Path) -> Iterator[IO[bytes]]:
+    """Open a raw input for streaming binary reads, decompressing transparently."""
+    p, member = _split_member(path)
+    check_input_file(path)
+    kind = compression_of(p)
+    if kind == "gzip":
+        with gzip.open(p, "rb") as f:
+            yield f
+    elif kind == "bz2":
+        with bz2.open(p, "rb") as f:
+            yield f
+    elif kind == "zip":
+        with zipfile.ZipFile(p) as z:
+            names = [n for n in z.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")]
+            if member is None:
+                if len(names) != 1:
+                    raise InputError(f"{p}: zip has {len(names)} members {names[:5]}; name one as {p}::MEMBER")
+                member = names[0]
+            elif member not in names:
+                raise InputError(f"{p}: zip has no member {member!r}")
+            with z.open(member) as f:
+                yield f
+    else:
+        with open(p, "rb") as f:
+            yield f
+
+
+def iter_line_chunks(path: str | Path, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(first_line_number, chunk)`` where each chunk holds whole lines (1-based numbering).
+
+    Every chunk but possibly the last ends with ``b"\\n"``; a final line without a newline is
+    completed with one, so each input line appears in exactly one chunk and the line numbers of
+    consecutive chunks add up (``next_first = first + chunk.count(b"\\n")``).
+    """
+    line_no = 1
+    rest = b""
+    with open_binary(path) as f:
+        while True:
+            block = f.read(chunk_bytes)
+            if not block:
+                break
+            block = rest + block
+            cut = block.rfind(b"\n")
+            if cut < 0:
+                rest = block
+                continue
+            chunk, rest = block[: cut + 1], block[cut + 1 :]
+            yield line_no, chunk
+            line_no += chunk.count(b"\n")
+    if rest:
+        yield line_no, rest + b"\n"
+
+
+def head_lines(path: str | Path, n: int = 5, max_bytes: int = 1 << 20) -> list[bytes]:
+    """The first ``n`` non-empty lines (decompressed), for sniffing a file's kind."""
+    out: list[bytes] = []
+    with open_binary(path) as f:
+        data = f.read(max_bytes)
+    for line in data.split(b"\n"):
+        line = line.strip()
+        if line:
+            out.append(line)
+            if len(out) >= n:
+                break
+    return out
+
+
+def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
+    p, _ = _split_member(path)
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while b := f.read(block):
+            h.update(b)
+    return h.hexdigest()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write via a temp file in the same directory, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_model_atomic(path: str | Path, model: BaseModel) -> None:
+    write_text_atomic(path, model.model_dump_json(indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@contextlib.contextmanager
+def staging_dir(root: str | Path, name: str) -> Iterator[Path]:
+    """A fresh temporary directory ``root/.name.tmp-PID`` removed on failure.
+
+    Stages write everything into it and then :func:`publish` its entries; a killed run leaves only a
+    dot-directory that no reader looks at (and the next run deletes).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f".{name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, root: Path, entries: list[str], marker: str) -> None:
+    """Move ``entries`` from ``tmp`` into ``root`` and write the completion ``marker`` last.
+
+    The old marker is removed first, so a crash between the moves leaves a directory that does not
+    look complete (readers require the marker). The marker itself is written atomically.
+    """
+    root = Path(root)
+    (root / marker).unlink(missing_ok=True)
+    for e in entries:
+        if e == marker:
+            continue
+        dst = root / e
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / e, dst)
+    if (tmp / marker).exists():
+        os.replace(tmp / marker, root / marker)
+
+
+def file_bytes(paths: list[str | Path]) -> int:
+    return sum(_split_member(p)[0].stat().st_size for p in paths)
+
+
+def as_text(b: bytes) -> str:
+    """Decode raw bytes for messages/quarantine: UTF-8, falling back to latin-1 (never fails)."""
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return b.decode("latin-1")
+
+
+def bytes_io(b: bytes) -> io.BytesIO:
+    return io.BytesIO(b)
