@@ -126,6 +126,16 @@ class SequenceRow(Row):
     ts: LIST(pa.int64(), "unix seconds, non-decreasing")
 
 
+class ItemEventRow(Row):
+    """``item_events/part-*.parquet``: the events again, partitioned by ``item % partitions`` and sorted by
+    (item, ts, src_file, src_row): the item-side view (who touched an item, and when)."""
+
+    item: I32("dense item id")
+    ts: I64("event time")
+    user: I32("dense user id")
+    behavior: I8("behaviour code")
+
+
 class QuarantineRow(Row):
     """``quarantine.parquet``: every rejected input row, with where and why."""
 
@@ -257,6 +267,7 @@ class SetReport(BaseModel):
     users: int
     samples: int
     positives: int
+    empty_history: int = Field(0, description="samples with no event strictly before the target")
     target_ts_min: int | None
     target_ts_max: int | None
 
@@ -290,6 +301,7 @@ TABLES: dict[str, type[Row]] = {
     "vocab": VocabRow,
     "vocab_item": ItemVocabRow,
     "sequences": SequenceRow,
+    "item_events": ItemEventRow,
     "quarantine": QuarantineRow,
     "samples": SampleRow,
     **{f"layout_{k}": v for k, v in LAYOUT_ROWS.items()},

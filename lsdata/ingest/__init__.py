@@ -25,7 +25,7 @@ from lsdata.io import InputError, check_input_file, file_bytes, publish, sha256_
 from lsdata.schemas import Manifest
 
 SOURCES = {"taobao": taobao, "amazon": amazon, "xlong": xlong}
-OUTPUTS = ["vocab", "events", "sequences", "quarantine.parquet", "manifest.json"]
+OUTPUTS = ["vocab", "events", "sequences", "item_events", "quarantine.parquet", "manifest.json"]
 DOWNSTREAM = ["split", "layouts"]  # invalidated by a new ingest
 
 

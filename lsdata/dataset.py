@@ -1,0 +1,58 @@
+"""A dataset directory: where each stage's files live, and whether a stage finished.
+
+::
+
+    DIR/manifest.json            ingest finished (written last)
+    DIR/events/part-*.parquet    flat events, sorted by (user, ts, src_file, src_row) per part
+    DIR/sequences/part-*.parquet one row per user, list columns, same user partitioning
+    DIR/item_events/part-*.parquet  (item, ts, user, behavior), sorted by item then time
+    DIR/vocab/{user,item,cate}.parquet
+    DIR/quarantine.parquet
+    DIR/split/samples.parquet, DIR/split/report.json     (report written last)
+    DIR/layouts/NAME/{train,valid,test}.parquet, report.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lsdata.io import InputError, read_json
+from lsdata.schemas import Manifest, SplitReport
+
+
+@dataclass
+class Dataset:
+    root: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.dataset
+
+    def parts(self, table: str) -> list[Path]:
+        return sorted((self.root / table).glob("part-*.parquet"))
+
+    @property
+    def samples_path(self) -> Path:
+        return self.root / "split" / "samples.parquet"
+
+    def split_report(self) -> SplitReport:
+        p = self.root / "split" / "report.json"
+        if not p.exists():
+            raise InputError(f"{self.root}: no finished split (run `lsdata split {self.root}` first)")
+        return SplitReport.model_validate(read_json(p))
+
+    def layout_dir(self, name: str) -> Path:
+        return self.root / "layouts" / name
+
+
+def open_dataset(root: str | Path) -> Dataset:
+    """Open a finished dataset directory; a one-line InputError if it is missing or incomplete."""
+    root = Path(root)
+    m = root / "manifest.json"
+    if not root.is_dir():
+        raise InputError(f"{root}: no such dataset directory")
+    if not m.exists():
+        raise InputError(f"{root}: no manifest.json - not an lsdata dataset, or its ingest did not finish")
+    return Dataset(root, Manifest.model_validate(read_json(m)))

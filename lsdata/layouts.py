@@ -1,0 +1,249 @@
+"""``lsdata layout``: samples + stored sequences -> fixed-width Parquet layouts, materialised on request.
+
+Layouts (widths from :data:`lsdata.defaults.PRESETS`, overridable):
+
+* ``plain`` - history post-padded (real events first), item side post-padded, lengths.
+* ``hpmn``  - both front-padded (zeros first, most recent event last), as HPMN's ``front_padding``.
+* ``shan``  - the reference ``crop``: long part front-padded + short part (most recent ``short``), each
+  with its length, for the history and for the item side.
+* ``mimn``  - ``hpmn`` plus a per-position negative history (``neg_item``/``neg_cate``) for the DIEN/MIMN
+  auxiliary loss: uniform items never in the sample's shown history, 0 at padded positions.
+
+The target is never inside the history arrays: its item/category/time are separate columns and every
+history and item-side event is strictly earlier than ``ts``. A model that wants the reference's
+"candidate as the last step" appends it itself.
+
+Item side: the users who touched the candidate item strictly before ``ts`` (most recent first kept),
+found by binary search in ``item_events/`` (sorted by item, then time) - no join, no Python loop.
+
+Work is bounded by one partition: item-side windows for all samples are computed one item partition at a
+time (kept as ``[n_samples, max side width]`` matrices), then histories one user partition at a time,
+each partition appended as row groups to ``layouts/NAME/{train,valid,test}.parquet``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lsdata.dataset import Dataset
+from lsdata.defaults import LAYOUTS, PRESETS, SPLITS, LayoutLengths
+from lsdata.events import PARQUET_OPTS
+from lsdata.io import InputError, publish, sha256_file, staging_dir, write_model_atomic
+from lsdata.samples import flat_list, item_categories
+from lsdata.schemas import LAYOUT_ROWS, LayoutReport, arrow_schema
+from lsdata.views import fixed_list, gather, split_window, window
+
+HIST_FIELDS = {"item": pa.int32(), "cate": pa.int32(), "behavior": pa.int8()}
+SIDE_FIELDS = {"user": pa.int32(), "behavior": pa.int8()}
+
+
+@dataclass
+class Ranges:
+    """Flat value arrays and, per sample, the half-open range of its sequence in them."""
+
+    values: dict[str, np.ndarray]
+    starts: np.ndarray
+    ends: np.ndarray
+
+
+def widths_of(name: str, w: LayoutLengths) -> dict[str, int]:
+    """Fixed-list widths of a layout's columns (keys as in the schemas' ``x-width``)."""
+    if name == "shan":
+        if not (0 < w.short <= w.hist and 0 < w.side_short <= w.side):
+            raise InputError(f"shan needs 0 < short <= hist and 0 < side_short <= side, got {w}")
+        return {"long": w.hist - w.short, "short": w.short, "side_long": w.side - w.side_short, "side_short": w.side_short}
+    return {"hist": w.hist, "side": w.side}
+
+
+def lengths_for(dataset: str, name: str, overrides: dict[str, int] | None = None) -> LayoutLengths:
+    if name not in LAYOUTS:
+        raise InputError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}")
+    base = PRESETS[dataset][name]
+    return base.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
+
+
+class NegativeSampler:
+    """Per-position negatives for ``mimn``: uniform items, never one in the row's shown history."""
+
+    def __init__(self, n_items: int, item_cate: np.ndarray, seed: int):
+        self.n_items = n_items
+        self.item_cate = item_cate
+        self.seed = seed
+
+    def __call__(self, hist: np.ndarray, mask: np.ndarray, stream: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, stream])
+        n, width = hist.shape
+        rows = np.arange(n, dtype=np.int64)[:, None]
+        span = np.int64(self.n_items + 1)
+        own = np.unique((rows * span + hist)[mask])
+        neg = rng.integers(1, self.n_items + 1, size=(n, width))
+        todo = mask.copy()
+        for _ in range(64):  # rejection: expected rounds ~ 1 + |history| / n_items
+            keys = rows * span + neg
+            pos = np.searchsorted(own, keys)
+            clash = (pos < own.size) & (own[np.minimum(pos, max(own.size - 1, 0))] == keys) & todo
+            if not clash.any():
+                break
+            neg[clash] = rng.integers(1, self.n_items + 1, size=int(clash.sum()))
+        else:
+            raise RuntimeError("could not draw negatives outside the history (too few items?)")
+        neg = np.where(mask, neg, 0).astype(np.int32)
+        return neg, self.item_cate[neg]
+
+
+def layout_table(
+    name: str,
+    w: LayoutLengths,
+    target: pl.DataFrame,
+    hist: Ranges,
+    side: Ranges,
+    negatives: NegativeSampler | None = None,
+    stream: int = 0,
+) -> pa.Table:
+    """One layout's rows for a batch of samples (``target`` has user, label, item, cate, ts)."""
+    cols: dict[str, pa.Array] = {c: target[c].to_arrow() for c in ("user", "label", "item", "cate", "ts")}
+
+    def put(prefix: str, fields: dict[str, pa.DataType], r: Ranges, view) -> None:
+        idx, mask, n = view
+        for f, t in fields.items():
+            cols[f"{prefix}_{f}"] = fixed_list(gather(r.values[f], idx, mask), t)
+        cols[f"{prefix}_len"] = pa.array(n, pa.int32())
+
+    if name == "shan":
+        ws = widths_of(name, w)
+        (hl, hs) = split_window(hist.starts, hist.ends, ws["long"], ws["short"])
+        (sl, ss) = split_window(side.starts, side.ends, ws["side_long"], ws["side_short"])
+        put("long", HIST_FIELDS, hist, hl)
+        put("short", HIST_FIELDS, hist, hs)
+        put("side_long", SIDE_FIELDS, side, sl)
+        put("side_short", SIDE_FIELDS, side, ss)
+    else:
+        pad = "post" if name == "plain" else "front"
+        hv = window(hist.starts, hist.ends, w.hist, pad)
+        put("hist", HIST_FIELDS, hist, hv)
+        put("side", SIDE_FIELDS, side, window(side.starts, side.ends, w.side, pad))
+        if name == "mimn":
+            if negatives is None:
+                raise ValueError("mimn needs a NegativeSampler")
+            items = gather(hist.values["item"], hv[0], hv[1])
+            neg_item, neg_cate = negatives(items, hv[1], stream)
+            cols["neg_item"] = fixed_list(neg_item, pa.int32())
+            cols["neg_cate"] = fixed_list(neg_cate, pa.int32())
+    schema = arrow_schema(LAYOUT_ROWS[name], widths_of(name, w))
+    return pa.table([cols[f.name] for f in schema], schema=schema)
+
+
+class LayoutWriter:
+    """Appends row groups per split to ``NAME/{train,valid,test}.parquet`` inside a staging dir."""
+
+    def __init__(self, tmp: Path, name: str, w: LayoutLengths):
+        self.dir = tmp / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.w = w
+        self.schema = arrow_schema(LAYOUT_ROWS[name], widths_of(name, w))
+        self.writers = {s: pq.ParquetWriter(self.dir / f"{s}.parquet", self.schema, **PARQUET_OPTS) for s in SPLITS}
+        self.rows = dict.fromkeys(SPLITS, 0)
+
+    def write(self, split: str, table: pa.Table) -> None:
+        if table.num_rows:
+            self.writers[split].write_table(table, row_group_size=1 << 16)
+            self.rows[split] += table.num_rows
+
+    def close(self) -> LayoutReport:
+        for wr in self.writers.values():
+            wr.close()
+        files = {f"{s}.parquet": sha256_file(self.dir / f"{s}.parquet") for s in SPLITS}
+        report = LayoutReport(layout=self.name, widths=widths_of(self.name, self.w), rows=self.rows, files=files)
+        write_model_atomic(self.dir / "report.json", report)
+        return report
+
+
+def side_windows(ds: Dataset, samples: pl.DataFrame, width: int) -> Ranges:
+    """Most recent ``width`` item-side events of every sample's candidate, as ``[n, width]`` front-padded rows.
+
+    Returned as :class:`Ranges` over the flattened matrices, so layouts re-window them like any sequence.
+    """
+    parts = ds.parts("item_events")
+    n = samples.height
+    users = np.zeros((n, width), np.int32)
+    behs = np.zeros((n, width), np.int8)
+    lens = np.zeros(n, np.int64)
+    item = samples["item"].to_numpy().astype(np.int64)
+    ts = samples["ts"].to_numpy().astype(np.int64)
+    for q, p in enumerate(parts):
+        sel = np.flatnonzero(item % len(parts) == q)
+        if sel.size == 0:
+            continue
+        ev = pl.read_parquet(p)
+        key = (ev["item"].to_numpy().astype(np.int64) << 32) | ev["ts"].to_numpy()
+        first = np.searchsorted(key, item[sel] << 32, side="left")
+        stop = np.searchsorted(key, (item[sel] << 32) | ts[sel], side="left")  # strictly before ts
+        idx, mask, ln = window(first, stop, width, "front")
+        users[sel] = gather(ev["user"].to_numpy(), idx, mask)
+        behs[sel] = gather(ev["behavior"].to_numpy(), idx, mask)
+        lens[sel] = ln
+    ends = (np.arange(n, dtype=np.int64) + 1) * width
+    return Ranges({"user": users.reshape(-1), "behavior": behs.reshape(-1)}, ends - lens, ends)
+
+
+def subset(r: Ranges, sel: np.ndarray) -> Ranges:
+    return Ranges(r.values, r.starts[sel], r.ends[sel])
+
+
+def build(
+    ds: Dataset,
+    names: list[str],
+    overrides: dict[str, dict[str, int]] | None = None,
+    seed: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, LayoutReport]:
+    """Materialise layouts ``names`` for an events dataset; publishes ``layouts/NAME/``."""
+    if ds.name == "xlong":
+        from lsdata.ingest import xlong
+
+        return xlong.build_layouts(ds, names, overrides, progress)
+    report = ds.split_report()
+    seed = report.options.get("seed", 0) if seed is None else seed
+    samples = pl.read_parquet(ds.samples_path)
+    lengths = {n: lengths_for(ds.name, n, (overrides or {}).get(n)) for n in dict.fromkeys(names)}
+    side = side_windows(ds, samples, max(w.side for w in lengths.values()))
+    lut = item_categories(ds)
+    negatives = NegativeSampler(lut.size - 1, lut, seed)
+    sample_users = samples["user"].to_numpy()
+    with staging_dir(ds.root, "layouts") as tmp:
+        writers = {n: LayoutWriter(tmp, n, w) for n, w in lengths.items()}
+        for part_no, p in enumerate(ds.parts("sequences")):
+            seq = pl.read_parquet(p, columns=["user", "item", "cate", "behavior"])
+            users = seq["user"].to_numpy()
+            pos = np.searchsorted(users, sample_users)
+            sel = np.flatnonzero((pos < users.size) & (users[np.minimum(pos, users.size - 1)] == sample_users))
+            if sel.size == 0:
+                continue
+            values = {}
+            for f in HIST_FIELDS:
+                values[f], off = flat_list(seq[f])
+            rows = pos[sel]
+            starts = off[rows]
+            hist = Ranges(values, starts, starts + samples["hist_end"].to_numpy()[sel])
+            batch = samples[sel]
+            splits = batch["split"].to_numpy()
+            for s in SPLITS:
+                m = np.flatnonzero(splits == s)
+                if m.size == 0:
+                    continue
+                for n, wr in writers.items():
+                    wr.write(s, layout_table(n, wr.w, batch[m], subset(hist, m), subset(side, sel[m]), negatives, stream=part_no * len(SPLITS) + SPLITS.index(s)))
+            if progress:
+                progress(1)
+        reports = {n: wr.close() for n, wr in writers.items()}
+        for n in writers:
+            publish(tmp / n, ds.layout_dir(n), [f"{s}.parquet" for s in SPLITS] + ["report.json"], "report.json")
+    return reports

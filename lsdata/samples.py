@@ -1,0 +1,137 @@
+"""``lsdata split``: targets (from :mod:`lsdata.split`) -> labelled samples in ``split/samples.parquet``.
+
+A sample is a pointer into a stored sequence, never a copy of it: ``(user, target_pos, hist_end)`` with the
+candidate ``(item, cate)``, the label and the target time. ``hist_end`` is the number of the user's events
+with ``ts < target ts``, so the history is ``sequence[:hist_end]`` and can never contain the target or any
+event at its timestamp.
+
+Labels follow the reference: with probability ``neg_ratio`` (seeded) the candidate is replaced by an item
+drawn uniformly from all items except the true target (drawn directly from ``{1..I} minus {true}``, no redraw
+loop), with that item's category; the target time stays the true one. Draws are made in (user, set) order
+for the whole dataset at once, so the result does not depend on the partitioning.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from lsdata import split as split_rule
+from lsdata.dataset import Dataset
+from lsdata.defaults import SPLITS, SplitOptions
+from lsdata.events import write_parquet
+from lsdata.io import InputError, publish, staging_dir, write_model_atomic
+from lsdata.schemas import SampleRow, SetReport, SplitReport, arrow_schema
+
+
+def flat_list(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of a list Series; ``values[offsets[i]:offsets[i+1]]`` is row i."""
+    arr = s.to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.to_numpy(zero_copy_only=False)
+    return values, offsets
+
+
+def item_categories(ds: Dataset) -> np.ndarray:
+    """``lut[item_id] = cate_id`` (index 0 = padding -> 0)."""
+    v = pl.read_parquet(ds.root / "vocab" / "item.parquet", columns=["id", "cate"])
+    lut = np.zeros(v.height + 1, dtype=np.int32)
+    lut[v["id"].to_numpy()] = v["cate"].to_numpy()
+    return lut
+
+
+def locate_targets(seq: pl.DataFrame, targets: pl.DataFrame) -> pl.DataFrame:
+    """Target time, true item/category and ``hist_end`` for targets of users in one sequences part."""
+    users = seq["user"].to_numpy()
+    ts, off = flat_list(seq["ts"])
+    items, _ = flat_list(seq["item"])
+    cates, _ = flat_list(seq["cate"])
+    row = np.searchsorted(users, targets["user"].to_numpy())
+    pos = off[row] + targets["target_pos"].to_numpy()
+    tts = ts[pos]
+    lengths = np.diff(off)
+    key = (np.repeat(np.arange(users.size, dtype=np.int64), lengths) << 32) | (ts - 0).astype(np.int64)
+    hist_end = np.searchsorted(key, (row.astype(np.int64) << 32) | tts, side="left") - off[row]
+    return targets.with_columns(
+        pl.Series("ts", tts, dtype=pl.Int64),
+        pl.Series("true_item", items[pos], dtype=pl.Int32),
+        pl.Series("true_cate", cates[pos], dtype=pl.Int32),
+        pl.Series("hist_end", hist_end, dtype=pl.Int32),
+    )
+
+
+def draw_labels(n: int, true_item: np.ndarray, n_items: int, neg_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(label, candidate): label 0 with prob. ``neg_ratio``, candidate uniform over items != true."""
+    rng = np.random.default_rng(seed)
+    neg = rng.random(n) < neg_ratio
+    if n_items < 2:
+        neg[:] = False
+    r = rng.integers(1, max(n_items, 2), size=n)  # uniform on 1..n_items-1
+    other = r + (r >= true_item)  # skip the true item: uniform on {1..n_items} minus {true}
+    return (~neg).astype(np.int8), np.where(neg, other, true_item).astype(np.int32)
+
+
+def build(ds: Dataset, opts: SplitOptions, progress: Callable[[int], None] | None = None) -> SplitReport:
+    """Run the split stage on a dataset and publish ``split/``; returns the report."""
+    if ds.name == "xlong":
+        raise InputError(f"{ds.root}: XLong arrives pre-split; its samples were written by ingest")
+    parts = ds.parts("sequences")
+    users = (
+        pl.scan_parquet([str(p) for p in parts])
+        .select("user", "length", pl.col("ts").list.last().alias("last_ts"))
+        .collect()
+    )
+    targets, info = split_rule.assign(users, opts)
+    located = []
+    for p in parts:
+        seq = pl.read_parquet(p, columns=["user", "item", "cate", "ts"])
+        t = targets.join(seq.select("user"), on="user", how="semi")
+        if t.height:
+            located.append(locate_targets(seq, t))
+        if progress:
+            progress(1)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    df = pl.concat(located).sort("user", pl.col("split").replace_strict(order, return_dtype=pl.Int8))
+    lut = item_categories(ds)
+    label, cand = draw_labels(df.height, df["true_item"].to_numpy(), lut.size - 1, opts.neg_ratio, opts.seed)
+    df = df.with_columns(
+        pl.Series("label", label),
+        pl.Series("item", cand),
+        pl.Series("cate", lut[cand]),
+    ).select(list(SampleRow.model_fields))
+    report = SplitReport(
+        options=opts.model_dump(mode="json"),
+        method=opts.method,
+        users_total=users.height,
+        sets={s: set_report(df.filter(pl.col("split") == s)) for s in SPLITS},
+        **info,
+    )
+    if opts.method == "loo":
+        report.warnings.append(split_rule.LOO_WARNING)
+    for s, r in report.sets.items():
+        if r.samples == 0:
+            report.warnings.append(f"the {s} set is empty")
+    with staging_dir(ds.root, "split") as tmp:
+        out = tmp / "split"
+        write_parquet(df.to_arrow().cast(arrow_schema(SampleRow)), out / "samples.parquet")
+        write_model_atomic(out / "report.json", report)
+        shutil.rmtree(ds.root / "layouts", ignore_errors=True)
+        publish(out, ds.root / "split", ["samples.parquet", "report.json"], "report.json")
+    return report
+
+
+def set_report(df: pl.DataFrame) -> SetReport:
+    return SetReport(
+        users=df["user"].n_unique(),
+        samples=df.height,
+        positives=int(df["label"].sum() or 0),
+        empty_history=int((df["hist_end"] == 0).sum()),
+        target_ts_min=df["ts"].min(),
+        target_ts_max=df["ts"].max(),
+    )
