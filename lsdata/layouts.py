@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from lsdata.dataset import Dataset
 from lsdata.defaults import LAYOUTS, PRESETS, SPLITS, LayoutLengths
-from lsdata.events import PARQUET_OPTS
+from lsdata.events import parquet_options
 from lsdata.io import InputError, publish, sha256_file, staging_dir, write_model_atomic
 from lsdata.samples import flat_list, item_categories
 from lsdata.schemas import LAYOUT_ROWS, LayoutReport, arrow_schema
@@ -149,7 +149,7 @@ class LayoutWriter:
         self.name = name
         self.w = w
         self.schema = arrow_schema(LAYOUT_ROWS[name], widths_of(name, w))
-        self.writers = {s: pq.ParquetWriter(self.dir / f"{s}.parquet", self.schema, **PARQUET_OPTS) for s in SPLITS}
+        self.writers = {s: pq.ParquetWriter(self.dir / f"{s}.parquet", self.schema, **parquet_options(self.schema)) for s in SPLITS}
         self.rows = dict.fromkeys(SPLITS, 0)
 
     def write(self, split: str, table: pa.Table) -> None:

@@ -67,8 +67,7 @@ def gather(values: np.ndarray, idx: np.ndarray, mask: np.ndarray, fill: int = 0)
     """``values[idx]`` where ``mask``, ``fill`` elsewhere (safe for out-of-range masked positions)."""
     if values.size == 0:
         return np.full(idx.shape, fill, dtype=values.dtype)
-    safe = np.clip(idx, 0, values.size - 1)
-    out = values[safe]
+    out = values.take(idx, mode="clip")
     out[~mask] = fill
     return out
 
