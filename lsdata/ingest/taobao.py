@@ -25,9 +25,10 @@ _LINE_RE = re.compile(rb"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*,\s*(pv|buy|cart|fav)\s*,
 
 
 def sniff(path: str) -> str | None:
-    """'behavior' if most of the first lines look like UserBehavior.csv rows, else None."""
+    """'behavior' if one of the first lines is a UserBehavior.csv row and none looks like JSON or TSV."""
     head = head_lines(path, 8)
-    if head and sum(bool(_LINE_RE.match(h)) for h in head) * 2 >= len(head):
+    other = any(h.lstrip().startswith((b"{", b"[")) or b"\t" in h for h in head)
+    if not other and any(_LINE_RE.match(h) for h in head):
         return KIND
     return None
 

@@ -1,0 +1,346 @@
+"""The ``lsdata`` command line (Typer). Every stage is a thin wrapper over its module.
+
+Exit status: 0 ok, 1 ``validate`` found violations, 2 bad input (one-line message, no traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+from lsdata import __version__
+from lsdata.defaults import LAYOUTS, TAOBAO_BEHAVIORS, TAOBAO_WINDOW, IngestOptions, SplitOptions, parse_time
+from lsdata.io import InputError, file_bytes
+
+app = typer.Typer(
+    help="lsdata: raw lifelong-behaviour dumps (Amazon, Taobao, XLong) -> leak-free Parquet layouts.\n\n"
+    "Typical run: ingest -> split -> layout -> stats/validate. Every default is documented in lsdata/defaults.py.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, soft_wrap=True)
+
+
+class Dataset(str, Enum):
+    taobao = "taobao"
+    amazon = "amazon"
+    xlong = "xlong"
+
+
+class Method(str, Enum):
+    cut = "cut"
+    loo = "loo"
+
+
+class CategoryPath(str, Enum):
+    last = "last"
+    first = "first"
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except InputError as e:
+        _fail(str(e))
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        _fail(f"{e.filename}: {e.strerror}")
+    except ValueError as e:
+        _fail(str(e))
+
+
+@contextlib.contextmanager
+def _bar(description: str, total: int | None, unit: str = "bytes") -> Iterator:
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn()]
+    cols += [TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
+    quiet = not sys.stderr.isatty()
+    with Progress(*cols, console=console, transient=True, disable=quiet) as p:
+        task = p.add_task(description, total=total)
+        yield lambda n: p.advance(task, n)
+
+
+def _since(t0: float) -> str:
+    return f"{time.perf_counter() - t0:.1f}s"
+
+
+@app.command()
+def ingest(
+    dataset: Annotated[Dataset, typer.Argument(help="Source format family.")],
+    paths: Annotated[list[Path], typer.Argument(help="Raw files, any order; plain, .gz, .bz2 or .zip (zip::member).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.")],
+    strict: Annotated[bool, typer.Option(help="Stop at the first malformed row (file:line:field) instead of quarantining it.")] = False,
+    partitions: Annotated[Optional[int], typer.Option(help="User-hash partitions; default one per 128 MiB of input.")] = None,
+    behaviors: Annotated[Optional[str], typer.Option(help=f"Taobao: comma list of behaviours to keep ({','.join(TAOBAO_BEHAVIORS)}); default all.")] = None,
+    keep_out_of_window: Annotated[bool, typer.Option(help="Taobao: keep rows outside the collection window (they are counted either way).")] = False,
+    window: Annotated[Optional[str], typer.Option(help="Taobao: collection window START,END (unix seconds or ISO dates), half-open. "
+                                                  f"Default {TAOBAO_WINDOW[0]},{TAOBAO_WINDOW[1]} (2017-11-25..12-03 UTC+8).")] = None,
+    category_path: Annotated[CategoryPath, typer.Option(help="Amazon: leaf of the last category path (HPMN) or the first (MIMN).")] = CategoryPath.last,
+    kind: Annotated[Optional[list[str]], typer.Option(help="Override a file's recognised kind: PATH=KIND (reviews, meta, ratings, behavior, xlong_train, xlong_test, graph_emb). Repeatable.")] = None,
+    valid_fraction: Annotated[float, typer.Option(help="XLong: share of train lines carved out as validation.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed for random choices at ingest (XLong validation carve).")] = IngestOptions().seed,
+    chunk_mb: Annotated[int, typer.Option(help="MiB of raw text parsed per batch.")] = 64,
+) -> None:
+    """Parse raw files into events/, sequences/, item_events/, vocab/ (Parquet), quarantine.parquet and manifest.json."""
+    from lsdata import ingest as ingest_mod
+
+    with _errors():
+        kinds = {}
+        for k in kind or []:
+            if "=" not in k:
+                raise InputError(f"--kind expects PATH=KIND, got {k!r}")
+            p, v = k.rsplit("=", 1)
+            kinds[str(p)] = v
+        opts = IngestOptions(
+            strict=strict,
+            partitions=partitions,
+            chunk_bytes=chunk_mb << 20,
+            behaviors=tuple(b.strip() for b in behaviors.split(",")) if behaviors else None,
+            window=tuple(parse_time(x) for x in window.split(",")) if window else TAOBAO_WINDOW,
+            keep_out_of_window=keep_out_of_window,
+            category_path=category_path.value,
+            kinds=kinds,
+            xlong_valid_fraction=valid_fraction,
+            seed=seed,
+        )
+        strs = [str(p) for p in paths]
+        for p in strs:
+            from lsdata.io import check_input_file
+
+            check_input_file(p)
+        t0 = time.perf_counter()
+        with _bar(f"ingest {dataset.value}", file_bytes(strs)) as advance:
+            m = ingest_mod.ingest(dataset.value, strs, out, opts, progress=advance)
+    read = sum(s.rows_read for s in m.sources)
+    kept = sum(s.rows_kept for s in m.sources)
+    rej = sum(s.rows_rejected for s in m.sources)
+    dropped = sum(s.rows_dropped for s in m.sources)
+    console.print(
+        f"ingested {dataset.value} -> {out}: {read:,} rows read = {kept:,} kept + {rej:,} quarantined + {dropped:,} dropped; "
+        f"{m.users:,} users, {m.items:,} items, {m.cates:,} categories ({_since(t0)})"
+    )
+    for s in m.sources:
+        extra = "; ".join(f"{k}: {v:,}" for k, v in {**s.dropped, **s.notes}.items())
+        console.print(f"  {s.path} ({s.kind}): {s.rows_read:,} read, {s.rows_kept:,} kept, {s.rows_rejected:,} quarantined"
+                      + (f" ({extra})" if extra else ""), highlight=False, markup=False)
+    if rej:
+        console.print(f"  quarantined rows: {out / 'quarantine.parquet'}")
+
+
+@app.command()
+def split(
+    data: Annotated[Path, typer.Argument(help="Dataset directory (after ingest).")],
+    cut_time: Annotated[Optional[str], typer.Option(help="Cut time (unix seconds or ISO date, naive = UTC): users whose last event is later go to test.")] = None,
+    cut_quantile: Annotated[float, typer.Option(help="Cut = sorted users' last-event times at position int(q*n) (HPMN rule).")] = SplitOptions().cut_quantile,
+    valid_quantile: Annotated[float, typer.Option(help="Validation carved from train by the same rule on train users' last events.")] = SplitOptions().valid_quantile,
+    valid_cut_time: Annotated[Optional[str], typer.Option(help="Explicit validation cut (overrides --valid-quantile).")] = None,
+    no_valid: Annotated[bool, typer.Option("--no-valid", help="Do not carve a validation set (not recommended: you will be tempted to select on test).")] = False,
+    method: Annotated[Method, typer.Option(help="cut: global cut time (default). loo: leave-one-out per user - LEAKS GLOBAL TIME, only for comparison with papers that use it.")] = Method.cut,
+    neg_ratio: Annotated[float, typer.Option(help="Probability that a sample's target is replaced by a uniform negative item.")] = SplitOptions().neg_ratio,
+    seed: Annotated[int, typer.Option(help="Seed of the label coin flips and negative draws.")] = SplitOptions().seed,
+) -> None:
+    """Choose each user's target and set (train/valid/test), label and negatives -> split/samples.parquet + report.json."""
+    from lsdata import samples
+    from lsdata.dataset import open_dataset
+
+    with _errors():
+        ds = open_dataset(data)
+        opts = SplitOptions(
+            method=method.value,
+            cut_time=parse_time(cut_time) if cut_time else None,
+            cut_quantile=cut_quantile,
+            valid_quantile=None if no_valid else valid_quantile,
+            valid_cut_time=parse_time(valid_cut_time) if valid_cut_time and not no_valid else None,
+            neg_ratio=neg_ratio,
+            seed=seed,
+        )
+        t0 = time.perf_counter()
+        with _bar("split", len(ds.parts("sequences")), unit="parts") as advance:
+            r = samples.build(ds, opts, progress=advance)
+    for w in r.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    cut = f"cut {r.cut_time}" if r.cut_time is not None else "leave-one-out"
+    vc = f", valid cut {r.valid_cut_time}" if r.valid_cut_time is not None else ""
+    sets = ", ".join(f"{k} {v.samples:,} samples/{v.users:,} users" for k, v in r.sets.items())
+    console.print(f"split {data} ({cut}{vc}; {r.ties_at_cut} users tied at the cut went to train): {sets} ({_since(t0)})")
+
+
+@app.command()
+def layout(
+    data: Annotated[Path, typer.Argument(help="Dataset directory (after split).")],
+    names: Annotated[list[str], typer.Argument(help=f"Layouts to materialise: {', '.join(LAYOUTS)}.")],
+    hist: Annotated[Optional[int], typer.Option(help="History width (events); default from the dataset preset.")] = None,
+    side: Annotated[Optional[int], typer.Option(help="Item-side width; default from the preset.")] = None,
+    short: Annotated[Optional[int], typer.Option(help="shan: short (recent) part width of the history.")] = None,
+    side_short: Annotated[Optional[int], typer.Option(help="shan: short part width of the item side.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of mimn's negative history (default: the split's seed).")] = None,
+) -> None:
+    """Materialise fixed-width layouts under layouts/NAME/{train,valid,test}.parquet."""
+    from lsdata import layouts
+    from lsdata.dataset import open_dataset
+
+    with _errors():
+        ds = open_dataset(data)
+        bad = [n for n in names if n not in LAYOUTS]
+        if bad:
+            raise InputError(f"unknown layout(s) {bad}; choose from {', '.join(LAYOUTS)}")
+        ov = {k: v for k, v in dict(hist=hist, side=side, short=short, side_short=side_short).items() if v is not None}
+        t0 = time.perf_counter()
+        total = len(ds.parts("sequences")) if ds.name != "xlong" else None
+        with _bar("layout " + ",".join(names), total, unit="parts") as advance:
+            reps = layouts.build(ds, names, {n: ov for n in names}, seed=seed, progress=advance)
+    for n, r in reps.items():
+        rows = ", ".join(f"{k} {v:,}" for k, v in r.rows.items())
+        console.print(f"layout {n} {r.widths}: {rows} -> {ds.layout_dir(n)}")
+    console.print(f"done ({_since(t0)})")
+
+
+@app.command()
+def stats(
+    data: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG histogram of user-side and item-side lengths here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full statistics as JSON on stdout.")] = False,
+) -> None:
+    """Users, items, events, sequence-length quantiles, behaviour counts (and a plot)."""
+    from lsdata import stats as stats_mod
+    from lsdata.dataset import open_dataset
+
+    with _errors():
+        ds = open_dataset(data)
+        s = stats_mod.compute(ds)
+        if as_json:
+            print(s.model_dump_json(indent=2))
+        else:
+            print(stats_mod.summary_line(s))
+        if plot:
+            console.print(f"plot: {stats_mod.plot(ds, plot)}")
+
+
+@app.command()
+def validate(
+    data: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    max_rows: Annotated[Optional[int], typer.Option(help="Check at most this many rows per layout file (default all).")] = None,
+) -> None:
+    """Re-check sort order, the split rule, leakage (nothing at/after a target's time) and schemas. Exit 1 on any violation."""
+    from lsdata import validate as validate_mod
+    from lsdata.dataset import open_dataset
+
+    with _errors():
+        problems = validate_mod.validate(open_dataset(data), max_rows=max_rows)
+    if problems:
+        for p in problems:
+            print(p)
+        console.print(f"[red]{len(problems)} violation(s)[/red]")
+        raise typer.Exit(1)
+    console.print(f"{data}: valid")
+
+
+@app.command()
+def generate(
+    dataset: Annotated[Dataset, typer.Argument(help="Format to generate.")],
+    out: Annotated[Path, typer.Argument(help="Output file (taobao) or directory (amazon, xlong).")],
+    rows: Annotated[int, typer.Option(help="taobao: number of rows.")] = 100_000,
+    users: Annotated[int, typer.Option(help="amazon/xlong: number of users.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    bad_rate: Annotated[float, typer.Option(help="taobao: share of lines replaced by malformed ones.")] = 0.0,
+) -> None:
+    """Write synthetic raw files in a source's format (labelled synthetic by a sidecar .synthetic.json)."""
+    with _errors():
+        t0 = time.perf_counter()
+        if dataset is Dataset.taobao:
+            from lsdata.synth import taobao
+
+            paths = [taobao.generate(out, rows=rows, seed=seed, bad_rate=bad_rate)]
+        elif dataset is Dataset.amazon:
+            from lsdata.synth import amazon
+
+            paths = amazon.generate(out, n_users=users, seed=seed)
+        else:
+            from lsdata.synth import xlong
+
+            paths = xlong.generate(out, n_users=users, seed=seed)
+    for p in paths:
+        console.print(f"wrote {p}")
+    console.print(f"done ({_since(t0)})")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where to write the demo datasets.")] = Path("out/demo"),
+    sample_dir: Annotated[Path, typer.Option(help="Bundled sample data.")] = Path(__file__).resolve().parent.parent / "sample_data",
+) -> None:
+    """The main job on the bundled sample data: ingest -> split -> layouts -> validate, one summary line per dataset."""
+    from lsdata import ingest as ingest_mod
+    from lsdata import layouts, samples
+    from lsdata import stats as stats_mod
+    from lsdata import validate as validate_mod
+    from lsdata.dataset import open_dataset
+
+    jobs = {
+        "taobao": sorted(sample_dir.glob("taobao/*.csv")),
+        "amazon": sorted(p for p in sample_dir.glob("amazon/*") if not p.name.endswith(".synthetic.json")),
+        "xlong": sorted(p for p in sample_dir.glob("xlong/*.txt")),
+    }
+    with _errors():
+        for name, files in jobs.items():
+            if not files:
+                raise InputError(f"no sample files for {name} under {sample_dir}")
+            d = out / name
+            ingest_mod.ingest(name, [str(f) for f in files], d)
+            ds = open_dataset(d)
+            if name != "xlong":
+                samples.build(ds, SplitOptions())
+            layouts.build(ds, ["plain", "hpmn", "shan", "mimn"])
+            problems = validate_mod.validate(ds)
+            if problems:
+                raise InputError(f"{d}: validation failed: {problems[0]}")
+            print(stats_mod.summary_line(stats_mod.compute(ds)) + " | layouts plain,hpmn,shan,mimn | valid")
+
+
+@app.command()
+def schemas(
+    check: Annotated[bool, typer.Option(help="Only check that schemas/ matches the code (exit 1 on drift).")] = False,
+    directory: Annotated[Path, typer.Option(help="Where the JSON Schemas live.")] = Path("schemas"),
+) -> None:
+    """Write (or check) the JSON Schemas of every Parquet table and JSON document."""
+    from lsdata.schemas import json_schemas, write_json_schemas
+
+    if check:
+        drift = [n for n, s in json_schemas().items()
+                 if not (directory / f"{n}.schema.json").exists()
+                 or json.loads((directory / f"{n}.schema.json").read_text()) != s]
+        if drift:
+            _fail(f"schemas out of date: {', '.join(drift)} (run `lsdata schemas`)", 1)
+        console.print("schemas up to date")
+        return
+    for p in write_json_schemas(directory):
+        console.print(f"wrote {p}")
+
+
+@app.command()
+def version() -> None:
+    """Print the lsdata version."""
+    print(__version__)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
