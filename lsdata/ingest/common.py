@@ -94,6 +94,8 @@ class IngestContext:
     options: object
     progress: Callable[[int], None] | None = None
     counts: dict[int, FileCounts] = field(default_factory=dict)
+    #: side tables a source reads in ``prepare`` and uses in ``read`` (e.g. Amazon meta: item -> category)
+    side: dict[str, object] = field(default_factory=dict)
 
     def file(self, task: FileTask) -> FileCounts:
         return self.counts.setdefault(task.index, FileCounts())

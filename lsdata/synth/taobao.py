@@ -67,7 +67,7 @@ def generate(
     counts = np.maximum(1, np.floor(act / act.sum() * rows)).astype(np.int64)
     short = rows - counts.sum()
     if short > 0:
-        counts[rng.choice(n_users, size=int(short), replace=True)] += 1
+        np.add.at(counts, rng.choice(n_users, size=int(short), replace=True), 1)
     elif short < 0:
         big = np.argsort(-counts)[: int(-short)]
         counts[big] -= 1
