@@ -82,7 +82,7 @@ class NegativeSampler:
         n, width = hist.shape
         rows = np.arange(n, dtype=np.int64)[:, None]
         span = np.int64(self.n_items + 1)
-        own = np.unique((rows * span + hist)[mask])
+        own = np.sort((rows * span + hist)[mask])  # duplicates are harmless for the membership test
         neg = rng.integers(1, self.n_items + 1, size=(n, width))
         todo = mask.copy()
         for _ in range(64):  # rejection: expected rounds ~ 1 + |history| / n_items
@@ -209,7 +209,7 @@ def build(
     if ds.name == "xlong":
         from lsdata.ingest import xlong
 
-        return xlong.build_layouts(ds, names, overrides, progress)
+        return xlong.build_layouts(ds, names, overrides, progress, seed=seed)
     report = ds.split_report()
     seed = report.options.get("seed", 0) if seed is None else seed
     samples = pl.read_parquet(ds.samples_path)

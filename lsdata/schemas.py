@@ -159,6 +159,18 @@ class SampleRow(Row):
     hist_end: I32("history = sequence[:hist_end] = events with ts < target ts")
 
 
+class XLongSampleRow(Row):
+    """``xlong/{train,valid,test}.parquet``: XLong arrives as samples; ids are the file's ids + 1."""
+
+    user: I32("uid + 1")
+    label: I8("1 = positive target, 0 = negative target")
+    item: I32("target item + 1")
+    cate: I32("always 0: XLong has no categories")
+    ts: I64("1-based line number in its file (XLong has no time; order only)")
+    hist_item: LIST(pa.int32(), "history items + 1, oldest first")
+    side_user: LIST(pa.int32(), "the target's item-side ids + 1 (field 5/6 of the file; id space unverified)")
+
+
 # --------------------------------------------------------------------------- layouts
 
 
@@ -304,6 +316,7 @@ TABLES: dict[str, type[Row]] = {
     "item_events": ItemEventRow,
     "quarantine": QuarantineRow,
     "samples": SampleRow,
+    "xlong_samples": XLongSampleRow,
     **{f"layout_{k}": v for k, v in LAYOUT_ROWS.items()},
 }
 DOCUMENTS: dict[str, type[BaseModel]] = {

@@ -26,7 +26,7 @@ from lsdata.schemas import Manifest
 
 SOURCES = {"taobao": taobao, "amazon": amazon, "xlong": xlong}
 OUTPUTS = ["vocab", "events", "sequences", "item_events", "quarantine.parquet", "manifest.json"]
-DOWNSTREAM = ["split", "layouts"]  # invalidated by a new ingest
+DOWNSTREAM = ["split", "layouts", "xlong", "item_init.npy"]  # invalidated by a new ingest
 
 
 def auto_partitions(paths: list[str]) -> int:
@@ -98,6 +98,6 @@ def ingest(
         )
         write_model_atomic(tmp / "manifest.json", manifest)
         for d in DOWNSTREAM:
-            shutil.rmtree(out / d, ignore_errors=True)
+            shutil.rmtree(out / d, ignore_errors=True) if (out / d).is_dir() else (out / d).unlink(missing_ok=True)
         publish(tmp, out, OUTPUTS, "manifest.json")
     return manifest
