@@ -166,6 +166,14 @@ class LayoutWriter:
         return report
 
 
+def publish_layouts(ds: Dataset, tmp: Path, writers: dict[str, LayoutWriter]) -> dict[str, LayoutReport]:
+    """Close every writer and move its files into ``layouts/NAME/`` (report.json last)."""
+    reports = {n: wr.close() for n, wr in writers.items()}
+    for n in writers:
+        publish(tmp / n, ds.layout_dir(n), [f"{s}.parquet" for s in SPLITS] + ["report.json"], "report.json")
+    return reports
+
+
 def side_windows(ds: Dataset, samples: pl.DataFrame, width: int) -> Ranges:
     """Most recent ``width`` item-side events of every sample's candidate, as ``[n, width]`` front-padded rows.
 
@@ -243,7 +251,4 @@ def build(
                     wr.write(s, layout_table(n, wr.w, batch[m], subset(hist, m), subset(side, sel[m]), negatives, stream=part_no * len(SPLITS) + SPLITS.index(s)))
             if progress:
                 progress(1)
-        reports = {n: wr.close() for n, wr in writers.items()}
-        for n in writers:
-            publish(tmp / n, ds.layout_dir(n), [f"{s}.parquet" for s in SPLITS] + ["report.json"], "report.json")
-    return reports
+        return publish_layouts(ds, tmp, writers)

@@ -53,7 +53,7 @@ import numpy as np
 import polars as pl
 
 from lsdata.defaults import MAX_TS, MIN_TS, UNKNOWN_CATEGORY, Behavior, IngestOptions
-from lsdata.ingest.common import REJECT_SCHEMA, FileTask, IngestContext, first_failure, lines_frame
+from lsdata.ingest.common import REJECT_SCHEMA, FileTask, IngestContext, first_failure, lines_frame, wrong_format
 from lsdata.io import InputError, head_lines, iter_line_chunks
 
 DATASET = "amazon"
@@ -239,12 +239,10 @@ def plan(paths: list[str], options: IngestOptions) -> list[FileTask]:
             raise InputError(f"{p}: unknown kind {kind!r} for amazon; choose from {', '.join(KINDS)}")
         kind = kind or sniff(p)
         if kind is None:
-            first = head_lines(p, 1)
-            shown = first[0][:100].decode("utf-8", "replace") if first else ""
-            raise InputError(
-                f"{p}: does not look like an Amazon file (expected JSON review lines with reviewerID+asin, "
-                f"meta lines with asin+categories/category, or user,item,rating,ts CSV; first line is {shown!r}); "
-                f"use --kind {p}=reviews|meta|ratings to force"
+            raise wrong_format(
+                p, "an Amazon file",
+                "JSON review lines with reviewerID+asin, meta lines with asin+categories/category, or user,item,rating,ts CSV",
+                ("reviews", "meta", "ratings"),
             )
         tasks.append(FileTask(p, kind, i))
     if not any(t.kind in EVENT_KINDS for t in tasks):

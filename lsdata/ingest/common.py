@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa
 
 from lsdata.events import EventBuilder, write_parquet
-from lsdata.io import InputError
+from lsdata.io import InputError, head_lines
 from lsdata.schemas import QuarantineRow, SourceFile, arrow_schema
 
 REJECT_SCHEMA = {"line": pl.Int64, "field": pl.Utf8, "reason": pl.Utf8, "text": pl.Utf8}
@@ -130,6 +130,16 @@ def reconcile(task: FileTask, c: FileCounts, sha256: str, nbytes: int) -> Source
         rows_dropped=dropped,
         dropped=dict(sorted(c.dropped.items())),
         notes=dict(sorted(c.notes.items())),
+    )
+
+
+def wrong_format(path: str, dataset: str, expected: str, kinds: tuple[str, ...]) -> InputError:
+    """The one-line error for a file that is not of ``dataset``'s formats (shows its first line)."""
+    first = head_lines(path, 1)
+    shown = first[0][:100].decode("utf-8", "replace") if first else ""
+    return InputError(
+        f"{path}: does not look like {dataset} input (expected {expected}; first line is {shown!r}); "
+        f"use --kind {path}={'|'.join(kinds)} to force"
     )
 
 

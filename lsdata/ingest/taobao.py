@@ -12,7 +12,7 @@ import re
 import polars as pl
 
 from lsdata.defaults import MAX_TS, MIN_TS, TAOBAO_BEHAVIORS, Behavior, IngestOptions
-from lsdata.ingest.common import FileTask, IngestContext, first_failure, lines_frame
+from lsdata.ingest.common import FileTask, IngestContext, first_failure, lines_frame, wrong_format
 from lsdata.io import InputError, head_lines, iter_line_chunks
 
 DATASET = "taobao"
@@ -38,12 +38,7 @@ def plan(paths: list[str], options: IngestOptions) -> list[FileTask]:
     for i, p in enumerate(paths):
         kind = options.kinds.get(p) or sniff(p)
         if kind != KIND:
-            first = head_lines(p, 1)
-            shown = first[0][:100].decode("utf-8", "replace") if first else ""
-            raise InputError(
-                f"{p}: does not look like a Taobao UserBehavior.csv (expected 'user,item,category,pv|buy|cart|fav,ts' "
-                f"lines, first line is {shown!r}); use --kind {p}=behavior to force"
-            )
+            raise wrong_format(p, "a Taobao UserBehavior.csv", "'user,item,category,pv|buy|cart|fav,ts' lines", (KIND,))
         tasks.append(FileTask(p, kind, i))
     return tasks
 

@@ -73,8 +73,8 @@ import pyarrow.parquet as pq
 
 from lsdata.dataset import Dataset
 from lsdata.defaults import DEFAULT_SEED, SPLITS, Behavior, IngestOptions
-from lsdata.events import PARQUET_OPTS
-from lsdata.ingest.common import FileCounts, FileTask, Quarantine, first_failure, lines_frame, reconcile
+from lsdata.events import parquet_options
+from lsdata.ingest.common import FileCounts, FileTask, Quarantine, first_failure, lines_frame, reconcile, wrong_format
 from lsdata.io import (
     InputError,
     file_bytes,
@@ -85,7 +85,7 @@ from lsdata.io import (
     staging_dir,
     write_model_atomic,
 )
-from lsdata.layouts import LayoutWriter, NegativeSampler, Ranges, layout_table, lengths_for
+from lsdata.layouts import LayoutWriter, NegativeSampler, Ranges, layout_table, lengths_for, publish_layouts
 from lsdata.schemas import XLongSampleRow, arrow_schema, LayoutReport, Manifest
 
 DATASET = "xlong"
@@ -175,12 +175,11 @@ def plan(paths: list[str], options: IngestOptions) -> list[FileTask]:
         if kind is None:
             sniffed = sniff(p)
             if sniffed is None:
-                first = head_lines(p, 1)
-                shown = first[0][:100].decode("utf-8", "replace") if first else ""
-                raise InputError(
-                    f"{p}: does not look like an XLong file (expected 7 tab-separated fields "
-                    f"'index, uid, history, pos item, neg item, pos side, neg side', or graph_emb's whitespace-"
-                    f"separated float rows; first line is {shown!r}); use --kind {p}=xlong_train|xlong_test|graph_emb to force"
+                raise wrong_format(
+                    p, "an XLong file",
+                    "7 tab-separated fields 'index, uid, history, pos item, neg item, pos side, neg side', "
+                    "or graph_emb's whitespace-separated float rows",
+                    ("xlong_train", "xlong_test", "graph_emb"),
                 )
             kind = split_from_name(p) if sniffed == "corpus" else EMB
         tasks.append(FileTask(p, kind, i))
@@ -440,7 +439,7 @@ def ingest(paths: list[str], out: Path, options: IngestOptions, progress: Callab
     with staging_dir(out, "ingest") as tmp:
         (tmp / "xlong").mkdir()
         (tmp / "work").mkdir()
-        writers = {s: pq.ParquetWriter(tmp / "xlong" / f"{s}.parquet", BASE_SCHEMA, **PARQUET_OPTS) for s in SPLITS}
+        writers = {s: pq.ParquetWriter(tmp / "xlong" / f"{s}.parquet", BASE_SCHEMA, **parquet_options(BASE_SCHEMA)) for s in SPLITS}
 
         def write(split: str, lines: pl.DataFrame) -> None:
             if lines.height:
@@ -573,7 +572,4 @@ def build_layouts(
                     wr.write(s, layout_table(n, wr.w, target, hist, side, negatives, stream=stream))
                 if progress:
                     progress(1)
-        reports = {n: wr.close() for n, wr in writers.items()}
-        for n in writers:
-            publish(tmp / n, ds.layout_dir(n), [f"{s}.parquet" for s in SPLITS] + ["report.json"], "report.json")
-    return reports
+        return publish_layouts(ds, tmp, writers)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lsdata.synth import write_sidecar
+
 GENERATOR = "lsdata.synth.amazon"
 REVIEWS_NAME = "reviews_Synthetic_5.json.gz"
 META_NAME = "meta_Synthetic.json"
@@ -74,14 +76,7 @@ def _words(rng: np.random.Generator, k: int) -> str:
 
 
 def _sidecar(path: Path, fmt: str, params: dict) -> None:
-    doc = {
-        "synthetic": True,
-        "generator": GENERATOR,
-        "format": fmt,
-        "params": params,
-        "note": "synthetic data in the Amazon 2014 review/meta format; not real Amazon data",
-    }
-    Path(str(path) + ".synthetic.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_sidecar(path, GENERATOR, fmt, params, "synthetic data in the Amazon 2014 review/meta format; not real Amazon data")
 
 
 def generate(

@@ -19,7 +19,6 @@ Generation streams in blocks of users, so memory stays flat whatever ``rows`` is
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from lsdata.defaults import TAOBAO_WINDOW
+from lsdata.synth import write_sidecar
 
 BEHAVIORS = np.array(["pv", "buy", "cart", "fav"])
 BEHAVIOR_P = np.array([0.89, 0.02, 0.06, 0.03])
@@ -110,16 +110,11 @@ def generate(
                 df.write_csv(f, include_header=False)
             written += n
     os.replace(tmp, path)
-    sidecar = {
-        "synthetic": True,
-        "generator": "lsdata.synth.taobao",
-        "format": "Tianchi UserBehavior.csv (user,item,category,behavior,ts; no header)",
-        "params": {
-            "rows": written, "seed": seed, "zipf_a": zipf_a, "tie_rate": tie_rate,
-            "out_of_window_rate": out_of_window_rate, "bad_rate": bad_rate,
-            "users": n_users, "items": n_items, "categories": n_cates,
-        },
-        "note": "synthetic data in the Taobao UserBehavior format; not real Tianchi data",
+    params = {
+        "rows": written, "seed": seed, "zipf_a": zipf_a, "tie_rate": tie_rate,
+        "out_of_window_rate": out_of_window_rate, "bad_rate": bad_rate,
+        "users": n_users, "items": n_items, "categories": n_cates,
     }
-    Path(str(path) + ".synthetic.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    write_sidecar(path, "lsdata.synth.taobao", "Tianchi UserBehavior.csv (user,item,category,behavior,ts; no header)",
+                  params, "synthetic data in the Taobao UserBehavior format; not real Tianchi data")
     return path

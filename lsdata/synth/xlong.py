@@ -22,12 +22,13 @@ Vectorised with numpy/polars; deterministic per ``seed``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+from lsdata.synth import write_sidecar
 
 HIST_AFFINITY = 0.5  # share of history items drawn from the user's cluster
 POS_AFFINITY = 0.6  # share of positive targets drawn from the user's cluster
@@ -136,6 +137,5 @@ def generate(
     paths.append(path)
 
     for p in paths:
-        sidecar = {"synthetic": True, "generator": "lsdata.synth.xlong", "params": params, "note": NOTE}
-        Path(str(p) + ".synthetic.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        write_sidecar(p, "lsdata.synth.xlong", "HPMN XLong files (tab-separated corpora, graph_emb.txt)", params, NOTE)
     return paths
