@@ -309,7 +309,7 @@ def demo(
             problems = validate_mod.validate(ds)
             if problems:
                 raise InputError(f"{d}: validation failed: {problems[0]}")
-            print(stats_mod.summary_line(stats_mod.compute(ds)) + " | layouts plain,hpmn,shan,mimn | valid")
+            print(stats_mod.summary_line(stats_mod.compute(ds)) + " | valid")
 
 
 @app.command()

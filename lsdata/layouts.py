@@ -93,7 +93,10 @@ class NegativeSampler:
                 break
             neg[clash] = rng.integers(1, self.n_items + 1, size=int(clash.sum()))
         else:
-            raise RuntimeError("could not draw negatives outside the history (too few items?)")
+            raise InputError(
+                f"mimn: could not draw negatives outside the histories: only {self.n_items} items for histories of "
+                f"up to {width}; use a smaller --hist"
+            )
         neg = np.where(mask, neg, 0).astype(np.int32)
         return neg, self.item_cate[neg]
 
