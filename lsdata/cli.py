@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lsdata import __version__
 from lsdata.defaults import LAYOUTS, TAOBAO_BEHAVIORS, TAOBAO_WINDOW, IngestOptions, SplitOptions, parse_time
-from lsdata.io import InputError, file_bytes
+from lsdata.io import InputError, check_input_file, file_bytes
 
 app = typer.Typer(
     help="lsdata: raw lifelong-behaviour dumps (Amazon, Taobao, XLong) -> leak-free Parquet layouts.\n\n"
@@ -119,9 +119,7 @@ def ingest(
             seed=seed,
         )
         strs = [str(p) for p in paths]
-        for p in strs:
-            from lsdata.io import check_input_file
-
+        for p in strs:  # before sizing the progress bar, for the one-line error
             check_input_file(p)
         t0 = time.perf_counter()
         with _bar(f"ingest {dataset.value}", file_bytes(strs)) as advance:

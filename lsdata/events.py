@@ -37,8 +37,6 @@ import pyarrow.parquet as pq
 
 from lsdata.schemas import EventRow, ItemEventRow, ItemVocabRow, SequenceRow, VocabRow, arrow_schema
 
-RAW_COLUMNS = ("user", "item", "cate", "behavior", "ts", "rating", "src_file", "src_row")
-SORT_KEY = ("user", "ts", "src_file", "src_row")
 PARQUET_OPTS = dict(compression="zstd", compression_level=1, write_statistics=True)
 LOW_CARDINALITY = ("behavior", "src_file", "split", "label")  # dictionary-encoded; other columns plain
 DELTA_COLUMNS = ("ts", "src_row")  # sorted or near-sorted int64: delta encoding

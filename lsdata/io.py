@@ -11,7 +11,6 @@ import bz2
 import contextlib
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -92,12 +91,12 @@ def open_binary(path: str | Path) -> Iterator[IO[bytes]]:
             yield f
 
 
-def iter_line_chunks(path: str | Path, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(first_line_number, chunk)`` where each chunk holds whole lines (1-based numbering).
+def iter_line_chunks(path: str | Path, chunk_bytes: int) -> Iterator[tuple[int, int, bytes]]:
+    """Yield ``(first_line_number, n_lines, chunk)``; each chunk holds ``n_lines`` whole lines (1-based numbering).
 
     Every chunk but possibly the last ends with ``b"\\n"``; a final line without a newline is
     completed with one, so each input line appears in exactly one chunk and the line numbers of
-    consecutive chunks add up (``next_first = first + chunk.count(b"\\n")``).
+    consecutive chunks add up (``next_first = first + n_lines``).
     """
     line_no = 1
     rest = b""
@@ -112,10 +111,11 @@ def iter_line_chunks(path: str | Path, chunk_bytes: int) -> Iterator[tuple[int, 
                 rest = block
                 continue
             chunk, rest = block[: cut + 1], block[cut + 1 :]
-            yield line_no, chunk
-            line_no += chunk.count(b"\n")
+            n = chunk.count(b"\n")
+            yield line_no, n, chunk
+            line_no += n
     if rest:
-        yield line_no, rest + b"\n"
+        yield line_no, 1, rest + b"\n"
 
 
 def head_lines(path: str | Path, n: int = 5, max_bytes: int = 1 << 20) -> list[bytes]:
@@ -207,13 +207,3 @@ def file_bytes(paths: list[str | Path]) -> int:
     return sum(_split_member(p)[0].stat().st_size for p in paths)
 
 
-def as_text(b: bytes) -> str:
-    """Decode raw bytes for messages/quarantine: UTF-8, falling back to latin-1 (never fails)."""
-    try:
-        return b.decode("utf-8")
-    except UnicodeDecodeError:
-        return b.decode("latin-1")
-
-
-def bytes_io(b: bytes) -> io.BytesIO:
-    return io.BytesIO(b)

@@ -56,7 +56,7 @@ def locate_targets(seq: pl.DataFrame, targets: pl.DataFrame) -> pl.DataFrame:
     pos = off[row] + targets["target_pos"].to_numpy()
     tts = ts[pos]
     lengths = np.diff(off)
-    key = (np.repeat(np.arange(users.size, dtype=np.int64), lengths) << 32) | (ts - 0).astype(np.int64)
+    key = (np.repeat(np.arange(users.size, dtype=np.int64), lengths) << 32) | ts.astype(np.int64)
     hist_end = np.searchsorted(key, (row.astype(np.int64) << 32) | tts, side="left") - off[row]
     return targets.with_columns(
         pl.Series("ts", tts, dtype=pl.Int64),

@@ -78,9 +78,3 @@ def fixed_list(matrix: np.ndarray, type_: pa.DataType) -> pa.FixedSizeListArray:
     flat = pa.array(np.ascontiguousarray(matrix, dtype=type_.to_pandas_dtype()).reshape(-1), type_)
     return pa.FixedSizeListArray.from_arrays(flat, width)
 
-
-def ranges_from_offsets(offsets: np.ndarray, rows: np.ndarray, stop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``[start, end)`` of list rows ``rows`` given list offsets; ``stop`` (per row) cuts each range."""
-    starts = offsets[rows].astype(np.int64)
-    ends = offsets[rows + 1].astype(np.int64) if stop is None else starts + np.asarray(stop, dtype=np.int64)
-    return starts, ends

@@ -287,8 +287,8 @@ def prepare(tasks: list[FileTask], ctx: IngestContext) -> pl.DataFrame | None:
     frames = []
     for t in metas:
         counts = ctx.file(t)
-        for first, chunk in iter_line_chunks(t.path, opts.chunk_bytes):
-            counts.read += chunk.count(b"\n")
+        for first, n_lines, chunk in iter_line_chunks(t.path, opts.chunk_bytes):
+            counts.read += n_lines
             good, bad = _meta_chunk(chunk, first, opts.category_path)
             ctx.reject(t, bad)
             counts.note("meta records without a category", good["cate"].null_count())
@@ -454,8 +454,8 @@ def _emit(task: FileTask, ctx: IngestContext, good: pl.DataFrame, behavior: Beha
 
 def _read_reviews(task: FileTask, ctx: IngestContext) -> None:
     counts = ctx.file(task)
-    for first, chunk in iter_line_chunks(task.path, ctx.options.chunk_bytes):
-        counts.read += chunk.count(b"\n")
+    for first, n_lines, chunk in iter_line_chunks(task.path, ctx.options.chunk_bytes):
+        counts.read += n_lines
         lines, _ = lines_frame(chunk, first)
         good = _reviews_fast(chunk, lines)
         if good is None:
@@ -467,16 +467,16 @@ def _read_reviews(task: FileTask, ctx: IngestContext) -> None:
 
 def _read_ratings(task: FileTask, ctx: IngestContext) -> None:
     counts = ctx.file(task)
-    for first, chunk in iter_line_chunks(task.path, ctx.options.chunk_bytes):
-        counts.read += chunk.count(b"\n")
+    for first, n_lines, chunk in iter_line_chunks(task.path, ctx.options.chunk_bytes):
+        counts.read += n_lines
         nbytes = len(chunk)
         if first == 1:
             head = chunk[: chunk.find(b"\n")].decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")
             if _is_header(head.split(",")):
                 counts.drop("header line", 1)
-                chunk, first = chunk[chunk.find(b"\n") + 1 :], 2
+                chunk, first, n_lines = chunk[chunk.find(b"\n") + 1 :], 2, n_lines - 1
         if chunk:
-            good = _ratings_fast(chunk, first, chunk.count(b"\n"))
+            good = _ratings_fast(chunk, first, n_lines)
             if good is None:
                 good, bad = _ratings_exact(chunk, first)
                 ctx.reject(task, bad)

@@ -43,7 +43,7 @@ def plan(paths: list[str], options: IngestOptions) -> list[FileTask]:
     return tasks
 
 
-def _fast(chunk: bytes) -> pl.DataFrame | None:
+def _fast(chunk: bytes, n_lines: int) -> pl.DataFrame | None:
     """Whole-batch parse; None when any line is not clean (then the exact path runs)."""
     try:
         df = pl.read_csv(
@@ -55,7 +55,7 @@ def _fast(chunk: bytes) -> pl.DataFrame | None:
         )
     except Exception:
         return None
-    if df.height != chunk.count(b"\n") or sum(df.null_count().row(0)):
+    if df.height != n_lines or sum(df.null_count().row(0)):
         return None
     ok = df.select(
         (pl.min_horizontal(pl.col("user").min(), pl.col("item").min(), pl.col("cate").min()) >= 0)
@@ -117,10 +117,9 @@ def read(task: FileTask, ctx: IngestContext) -> None:
             raise InputError(f"--behaviors: unknown type(s) {sorted(unknown)}; choose from {','.join(TAOBAO_BEHAVIORS)}")
         keep_codes = [_CODES[b] for b in opts.behaviors]
     lo, hi = opts.window
-    for first, chunk in iter_line_chunks(task.path, opts.chunk_bytes):
-        n_lines = chunk.count(b"\n")
+    for first, n_lines, chunk in iter_line_chunks(task.path, opts.chunk_bytes):
         counts.read += n_lines
-        good = _fast(chunk)
+        good = _fast(chunk, n_lines)
         if good is not None:
             good = good.with_columns((pl.int_range(0, pl.len(), dtype=pl.Int64) + first).alias("line"))
         else:

@@ -365,8 +365,8 @@ def _read_corpus(task: FileTask, opts: IngestOptions, quarantine: Quarantine, co
     """Stream one corpus file; kept lines go to ``sink(lines_df)``. Returns stats for the manifest."""
     hist, side = _Lengths(), _Lengths()
     st = {"users": [], "max_user": 0, "max_item": 0, "max_side": 0, "entries": 0}
-    for first, chunk in iter_line_chunks(task.path, opts.chunk_bytes):
-        counts.read += chunk.count(b"\n")
+    for first, n_lines, chunk in iter_line_chunks(task.path, opts.chunk_bytes):
+        counts.read += n_lines
         good, bad = parse_corpus(chunk, first)
         counts.rejected += quarantine.add(task.path, bad)
         if good.height:
@@ -401,8 +401,7 @@ def _read_emb(task: FileTask, opts: IngestOptions, quarantine: Quarantine, count
     if dim == 0:
         raise InputError(f"{task.path}: graph_emb's first lines are not whitespace-separated numbers")
     blocks, rows = [], 0
-    for first, chunk in iter_line_chunks(task.path, opts.chunk_bytes):
-        n = chunk.count(b"\n")
+    for first, n, chunk in iter_line_chunks(task.path, opts.chunk_bytes):
         counts.read += n
         r, v, bad, nonblank = parse_emb(chunk, first, dim, rows)
         rows += nonblank
