@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lsdata import __version__
 from lsdata.defaults import LAYOUTS, TAOBAO_BEHAVIORS, TAOBAO_WINDOW, IngestOptions, SplitOptions, parse_time
 from lsdata.io import InputError, check_input_file, file_bytes
+from lsdata.models import MODEL_NAMES
 
 app = typer.Typer(
     help="lsdata: raw lifelong-behaviour dumps (Amazon, Taobao, XLong) -> leak-free Parquet layouts.\n\n"
@@ -328,6 +329,123 @@ def schemas(
         return
     for p in write_json_schemas(directory):
         console.print(f"wrote {p}")
+
+
+def _parse_sets(items: list[str] | None) -> dict:
+    """``key=value`` pairs; values parsed as JSON when they are valid JSON (numbers, lists, true/false)."""
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise InputError(f"--set {it!r}: expected KEY=VALUE")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help=f"Model to train: {', '.join(MODEL_NAMES)} (see `lsdata models`).")],
+    data: Annotated[Path, typer.Argument(help="Dataset directory with a finished split and the model's layout.")],
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with TrainConfig fields (see lsdata/defaults.py); command-line options override it.")] = None,
+    layout: Annotated[Optional[str], typer.Option(help="Layout to train on (default: the model's own, e.g. hpmn).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default DATA/runs/MODEL).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Model parameter override KEY=VALUE (repeatable; see `lsdata models`).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (default 2).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default: the model's reference, 128).")] = None,
+    eval_batch_size: Annotated[Optional[int], typer.Option(help="Scoring batch size (default 1024).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default: the model's reference).")] = None,
+    l2: Annotated[Optional[float], typer.Option(help="L2 weight on non-embedding, non-bias weights, 0.5*l2*sum(w^2) (default 0).")] = None,
+    clip_value: Annotated[Optional[float], typer.Option(help="Clip gradient values to [-v, v] (default: the model's reference; off unless it clips).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Validate every N steps (default: once per epoch).")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N validations without a better validation AUC (default 2).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, shuffling and dropout (default 1111).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default auto).")] = None,
+    amp: Annotated[Optional[bool], typer.Option(help="bfloat16 autocast on CUDA (default on).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default 0).")] = None,
+    streaming: Annotated[Optional[bool], typer.Option(help="Stream Parquet row groups instead of loading the training split in memory.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
+) -> None:
+    """Train a model, select it on the validation split, score the test split once; writes config.json,
+    log.csv, metrics.json, curve.png and checkpoints to the run directory. Works under `torchrun` (DDP)."""
+    import tomllib
+
+    from lsdata.defaults import TrainConfig
+
+    with _errors():
+        conf: dict = {}
+        if config is not None:
+            conf = tomllib.loads(config.read_text())
+        given = dict(layout=layout, out=str(out) if out else None, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                     eval_batch_size=eval_batch_size, lr=lr, l2=l2, clip_value=clip_value, eval_every=eval_every,
+                     patience=patience, seed=seed, device=device, amp=amp, workers=workers, streaming=streaming, threads=threads)
+        conf |= {k: v for k, v in given.items() if v is not None}
+        conf["params"] = {**conf.get("params", {}), **_parse_sets(set_)}
+        conf |= {"model": model, "data": str(data)}
+        try:
+            cfg = TrainConfig.model_validate(conf)
+        except Exception as e:  # pydantic ValidationError -> one readable line
+            raise InputError(f"invalid training config: {e}".replace("\n", "; ")) from e
+        from lsdata import train as train_mod
+
+        cols = [TextColumn("[bold]train " + model), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
+        with Progress(*cols, console=console, transient=True, disable=not sys.stderr.isatty()) as bar:
+            task = bar.add_task("train", total=None, info="")
+
+            def progress(ev: dict) -> None:
+                info = f"loss {ev['loss']:.4f}  {ev['samples_per_s']:,.0f} samples/s" if "loss" in ev else None
+                bar.update(task, completed=ev["step"], total=ev["total"], **({"info": info} if info else {}))
+
+            try:
+                m = train_mod.train(cfg, resume=resume, progress=progress)
+            except Exception as e:
+                if type(e).__name__ == "ValidationError":
+                    raise InputError(f"invalid model parameters for {model}: {e}".replace("\n", "; ")) from e
+                raise
+    if m:
+        t, v = m["test"], m["valid"] or {}
+        rate = m["train_samples_per_s"]
+        console.print(f"{model}: valid auc {_fmt(v.get('auc'))} | test auc {_fmt(t['auc'])} logloss {_fmt(t['logloss'])} "
+                      f"gauc {_fmt(t['gauc'])} ({t['gauc_users']} users) | {m['steps']} steps, "
+                      f"{(f'{rate:,.0f}' if rate else '-')} samples/s -> {cfg.out or Path(cfg.data) / 'runs' / model}")
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `lsdata train`.")],
+    split: Annotated[str, typer.Option(help="train | valid | test.")] = "test",
+    data: Annotated[Optional[Path], typer.Option(help="Score on another dataset directory (same layout and vocab sizes).")] = None,
+) -> None:
+    """Score a trained run's best checkpoint on a split; prints the metrics as JSON."""
+    from lsdata import train as train_mod
+
+    with _errors():
+        if split not in ("train", "valid", "test"):
+            raise InputError(f"--split {split!r}: choose train, valid or test")
+        print(json.dumps(train_mod.evaluate_run(run, split, str(data) if data else None), indent=2))
+
+
+@app.command("models")
+def models_() -> None:
+    """List the registered models with their default layout, reference training defaults and parameters."""
+    from lsdata import models
+
+    for name in models.names():
+        cls = models.get(name)
+        print(f"{name}  (layout {cls.layout}; {', '.join(f'{k}={v}' for k, v in cls.train_defaults.items())}"
+              f"{'; incremental' if cls.incremental else ''})")
+        for k, f in cls.Params.model_fields.items():
+            print(f"    {k} = {f.default!r}: {f.description or ''}")
+        for ds, pre in cls.presets.items():
+            print(f"    preset {ds}: {pre}")
 
 
 @app.command()

@@ -153,3 +153,33 @@ def parse_time(value: str | int) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp())
+
+
+class TrainConfig(_Opts):
+    """Options of ``lsdata train`` (loadable from a TOML file; command-line options override it).
+
+    ``None`` means "the model's reference default" (``CTRModel.train_defaults``: e.g. HPMN lr 1e-3 and
+    gradient values clipped to [-1, 1]); model parameters go in ``params`` (see ``lsdata models``).
+    """
+
+    model: str = Field(description="registered model name (lsdata models)")
+    data: str = Field(description="dataset directory with a finished split and the model's layout")
+    layout: str | None = Field(None, description="layout to train on; None = the model's default layout")
+    out: str | None = Field(None, description="run directory; None = DATA/runs/MODEL")
+    params: dict = Field(default_factory=dict, description="model parameter overrides (key -> value)")
+    epochs: int = Field(2, ge=1, description="maximum passes over the training set (HPMN: 2)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps in total")
+    batch_size: int | None = Field(None, ge=1, description="training batch; None = model default (128)")
+    eval_batch_size: int = Field(1024, ge=1, description="batch for validation/test scoring")
+    lr: float | None = Field(None, gt=0, description="Adam learning rate; None = model default")
+    l2: float = Field(0.0, ge=0, description="0.5 * l2 * sum(w^2) over non-embedding, non-bias weights (reference reg_lambda)")
+    clip_value: float | None = Field(None, gt=0, description="clip every gradient element to [-v, v]; None = model default (off unless the reference clips)")
+    eval_every: int | None = Field(None, ge=1, description="validate every N steps; None = once per epoch")
+    patience: int = Field(2, ge=1, description="stop after this many validations without a better validation AUC")
+    seed: int = Field(DEFAULT_SEED, description="seed of initialisation, shuffling and dropout")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    streaming: bool = Field(False, description="stream row groups (StreamingLayoutDataset) instead of loading the split in memory")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
+    checkpoint_every: int = Field(500, ge=1, description="save a resumable checkpoint every N steps (and at every validation)")

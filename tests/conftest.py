@@ -26,3 +26,19 @@ def write_taobao(path: Path, rows) -> Path:
     """rows: iterable of (user, item, cate, behavior, ts) -> a header-less UserBehavior.csv."""
     path.write_text("".join(f"{u},{i},{c},{b},{t}\n" for u, i, c, b, t in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def taobao_layouts(tmp_path_factory) -> Path:
+    """The real Taobao slice ingested, split and laid out in every layout (built once per session)."""
+    from lsdata import ingest, layouts, samples
+    from lsdata.dataset import open_dataset
+    from lsdata.defaults import LAYOUTS, SplitOptions
+
+    src = need(TAOBAO_SLICE)
+    root = tmp_path_factory.mktemp("taobao_layouts") / "taobao"
+    ingest.ingest("taobao", [str(src)], root)
+    ds = open_dataset(root)
+    samples.build(ds, SplitOptions())
+    layouts.build(ds, list(LAYOUTS))
+    return root

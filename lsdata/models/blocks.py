@@ -1,0 +1,237 @@
+"""Building blocks shared by the models (models.md §1.3): embeddings, masks, RNN runners, attention, heads.
+
+Sequences are front-padded (see :mod:`lsdata.loader`): position ``L-1`` is the most recent event and
+``mask[b, t] = t >= L - len[b]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lsdata.models.base import CANDIDATE_BEHAVIOR, N_BEHAVIOR_IDS, DataSpec, ModelParams
+
+NEG_INF = -1e9
+
+
+def front_mask(lengths: Tensor, width: int) -> Tensor:
+    """``[B, width]`` bool, True on the last ``lengths[b]`` positions."""
+    t = torch.arange(width, device=lengths.device)
+    return t[None, :] >= (width - lengths.clamp(max=width))[:, None]
+
+
+class BehaviorEmbedding(nn.Module):
+    """``e = [E_item[item]; E_cate[cate]; E_behavior[behavior]]``; id 0 embeds to zeros.
+
+    XLong's ``item_init`` (graph embeddings) initialises the item table and sets its width.
+    """
+
+    def __init__(self, spec: DataSpec, p: ModelParams):
+        super().__init__()
+        d = p.emb_dim
+        init = spec.item_init
+        d_item = init.shape[1] if init is not None else d
+        self.item = nn.Embedding(spec.n_items + 1, d_item, padding_idx=0)
+        nn.init.normal_(self.item.weight, std=0.05)
+        if init is not None:
+            with torch.no_grad():
+                self.item.weight.copy_(torch.as_tensor(init[: spec.n_items + 1], dtype=torch.float32))
+        self.item.weight.data[0] = 0
+        self.cate = self.behavior = None
+        if p.use_cate and spec.n_cates > 0:
+            self.cate = nn.Embedding(spec.n_cates + 1, d, padding_idx=0)
+            nn.init.normal_(self.cate.weight, std=0.05)
+            self.cate.weight.data[0] = 0
+        if p.use_behavior:
+            self.behavior = nn.Embedding(N_BEHAVIOR_IDS, d, padding_idx=0)
+            nn.init.normal_(self.behavior.weight, std=0.05)
+            self.behavior.weight.data[0] = 0
+        self.dim = d_item + d * ((self.cate is not None) + (self.behavior is not None))
+
+    def forward(self, item: Tensor, cate: Tensor, behavior: Tensor | None) -> Tensor:
+        parts = [self.item(item)]
+        if self.cate is not None:
+            parts.append(self.cate(cate))
+        if self.behavior is not None:
+            b = behavior if behavior is not None else torch.full_like(item, CANDIDATE_BEHAVIOR)
+            parts.append(self.behavior(b * (item > 0)))
+        return torch.cat(parts, dim=-1)
+
+    def seq(self, batch: dict[str, Tensor], prefix: str = "hist") -> Tensor:
+        """``[B, L, D_e]`` embeddings of ``{prefix}_item/cate/behavior``."""
+        return self(batch[f"{prefix}_item"], batch[f"{prefix}_cate"], batch.get(f"{prefix}_behavior"))
+
+    def target(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[B, D_e]`` embedding of the candidate (behaviour = the candidate id)."""
+        return self(batch["item"], batch["cate"], None)
+
+    def negatives(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[B, L, D_e]`` of the ``mimn`` layout's per-position negatives, with the positive's behaviour."""
+        return self(batch["neg_item"], batch["neg_cate"], batch["hist_behavior"])
+
+
+def history(emb: BehaviorEmbedding, batch: dict[str, Tensor], append_target: bool,
+            prefix: str = "hist") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(sequence ``[B, T, D_e]``, mask ``[B, T]``, lengths ``[B]``, target ``[B, D_e]``).
+
+    With ``append_target`` the candidate is appended as step ``T-1`` (``T = L + 1``): the reference's input.
+    """
+    x = emb.seq(batch, prefix)
+    n = batch[f"{prefix}_len"].long()
+    tgt = emb.target(batch)
+    if append_target:
+        x = torch.cat([x, tgt[:, None]], dim=1)
+        n = n + 1
+    return x, front_mask(n, x.shape[1]), n, tgt
+
+
+def masked_sum(x: Tensor, mask: Tensor) -> Tensor:
+    return (x * mask[..., None]).sum(1)
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
+    """Softmax over the last axis restricted to ``mask``; an all-masked row gives all zeros."""
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    w = torch.softmax(scores.masked_fill(~mask, NEG_INF), dim=-1)
+    return w * mask.any(-1, keepdim=True)
+
+
+def run_rnn(rnn: nn.GRU | nn.LSTM, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Run ``rnn`` over the real steps of front-padded ``x`` only (the state never sees padding).
+
+    Returns (outputs ``[B, T, H]`` front-aligned with zeros on padding, final ``h`` ``[B, H]``, final ``c``
+    for an LSTM else None). Rows with no real step get zero outputs and states. Uses packed sequences, so
+    cuDNN / the fused CPU kernel does the time loop.
+    """
+    b, t, _ = x.shape
+    n = lengths.clamp(min=1, max=t)
+    shift = (t - n)
+    pos = torch.arange(t, device=x.device)[None, :]
+    src = (pos + shift[:, None]).clamp(max=t - 1)  # post-aligned view of the front-aligned rows
+    post = x.gather(1, src[..., None].expand(-1, -1, x.shape[2]))
+    packed = pack_padded_sequence(post, n.cpu(), batch_first=True, enforce_sorted=False)
+    out, state = rnn(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
+    back = (pos - shift[:, None]).clamp(min=0)  # front-align again
+    out = out.gather(1, back[..., None].expand(-1, -1, out.shape[2]))
+    keep = (lengths > 0).to(x.dtype)
+    out = out * (front_mask(lengths, t)[..., None] * keep[:, None, None])
+    if isinstance(state, tuple):
+        return out, state[0][-1] * keep[:, None], state[1][-1] * keep[:, None]
+    return out, state[-1] * keep[:, None], None
+
+
+def gru_step(rnn: nn.GRU, x: Tensor, h: Tensor) -> Tensor:
+    """One step of (single-layer) ``rnn`` with its own weights: the incremental form of :func:`run_rnn`."""
+    return torch.gru_cell(x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+
+
+def lstm_step(rnn: nn.LSTM, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.lstm_cell(x, (h, c), rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+
+
+class Dice(nn.Module):
+    """DIN's Dice: ``p(x) x + (1 - p(x)) alpha x`` with ``p = sigmoid(BN(x))`` (running stats at eval)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-8)
+        self.alpha = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        p = torch.sigmoid(self.bn(x2))
+        return (p * x2 + (1 - p) * self.alpha * x2).reshape(shape)
+
+
+def activation(name: str, dim: int) -> nn.Module:
+    if name == "prelu":
+        return nn.PReLU(dim, init=0.1)
+    if name == "dice":
+        return Dice(dim)
+    acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "sigmoid": nn.Sigmoid}
+    if name not in acts:
+        raise ValueError(f"unknown activation {name!r}; choose from {', '.join([*acts, 'prelu', 'dice'])}")
+    return acts[name]()
+
+
+class Affine(nn.Module):
+    """The reference heads' ``tf.layers.batch_normalization`` in inference mode: ``gamma x / sqrt(1 + 1e-3) + beta``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.scale = 1.0 / math.sqrt(1.0 + 1e-3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * (self.gamma * self.scale) + self.beta
+
+
+class Head(nn.Module):
+    """Affine -> [Linear -> act -> Dropout] per hidden size -> Linear 1 (the logit)."""
+
+    def __init__(self, in_dim: int, p: ModelParams, act: str | None = None):
+        super().__init__()
+        layers: list[nn.Module] = [Affine(in_dim)]
+        d = in_dim
+        for h in p.head:
+            layers += [nn.Linear(d, h), activation(act or p.head_act, h), nn.Dropout(p.dropout)]
+            d = h
+        layers.append(nn.Linear(d, 1))
+        self.net = nn.Sequential(*layers)
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class DINAttention(nn.Module):
+    """DIN local activation unit: ``s_t = MLP([q, k_t, q - k_t, q * k_t])``, normalised over ``t``.
+
+    ``query_proj`` maps the query to the key width with Linear + PReLU (HPMN-repo variant); without it the
+    widths must match (MIMN repo). ``norm``: ``softmax`` (masked) or ``none`` (DIN paper: raw weights,
+    padding zeroed). Returns (pooled ``[B, Dk]``, weights ``[B, T]``).
+    """
+
+    def __init__(self, q_dim: int, k_dim: int, hidden: tuple[int, ...] = (80, 40), act: str = "relu",
+                 query_proj: bool = True, norm: str = "softmax"):
+        super().__init__()
+        if not query_proj and q_dim != k_dim:
+            raise ValueError(f"attention without query projection needs equal widths, got {q_dim} and {k_dim}")
+        self.proj = nn.Sequential(nn.Linear(q_dim, k_dim), nn.PReLU(k_dim, init=0.1)) if query_proj else None
+        layers: list[nn.Module] = []
+        d = 4 * k_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), activation(act, h)]
+            d = h
+        layers.append(nn.Linear(d, 1))
+        self.mlp = nn.Sequential(*layers)
+        self.norm = norm
+
+    def scores(self, q: Tensor, keys: Tensor) -> Tensor:
+        if self.proj is not None:
+            q = self.proj(q)
+        q = q[:, None, :].expand_as(keys)
+        return self.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)
+
+    def forward(self, q: Tensor, keys: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        s = self.scores(q, keys)
+        if self.norm == "softmax":
+            w = masked_softmax(s, mask)
+        else:
+            w = s if mask is None else s * mask
+        return (w[..., None] * keys).sum(1), w
+
+
+def bce(logit: Tensor, label: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logit, label)
