@@ -39,6 +39,13 @@ class Dataset(str, Enum):
     xlong = "xlong"
 
 
+class GenFormat(str, Enum):
+    taobao = "taobao"
+    amazon = "amazon"
+    xlong = "xlong"
+    longdep = "longdep"
+
+
 class Method(str, Enum):
     cut = "cut"
     loo = "loo"
@@ -151,6 +158,7 @@ def split(
     no_valid: Annotated[bool, typer.Option("--no-valid", help="Do not carve a validation set (not recommended: you will be tempted to select on test).")] = False,
     method: Annotated[Method, typer.Option(help="cut: global cut time (default). loo: leave-one-out per user - LEAKS GLOBAL TIME, only for comparison with papers that use it.")] = Method.cut,
     neg_ratio: Annotated[float, typer.Option(help="Probability that a sample's target is replaced by a uniform negative item.")] = SplitOptions().neg_ratio,
+    pairs: Annotated[bool, typer.Option(help="Each target gives a positive AND a negative sample (MIMN Amazon protocol; makes GAUC defined) instead of a coin flip.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the label coin flips and negative draws.")] = SplitOptions().seed,
 ) -> None:
     """Choose each user's target and set (train/valid/test), label and negatives -> split/samples.parquet + report.json."""
@@ -166,6 +174,7 @@ def split(
             valid_quantile=None if no_valid else valid_quantile,
             valid_cut_time=parse_time(valid_cut_time) if valid_cut_time and not no_valid else None,
             neg_ratio=neg_ratio,
+            pairs=pairs,
             seed=seed,
         )
         t0 = time.perf_counter()
@@ -251,21 +260,26 @@ def validate(
 
 @app.command()
 def generate(
-    dataset: Annotated[Dataset, typer.Argument(help="Format to generate.")],
-    out: Annotated[Path, typer.Argument(help="Output file (taobao) or directory (amazon, xlong).")],
+    dataset: Annotated[GenFormat, typer.Argument(help="Format to generate: taobao, amazon, xlong, or longdep (Taobao format with "
+                                                  "planted long-range structure and a known Bayes-optimal rule, lsdata/synth/longdep.py).")],
+    out: Annotated[Path, typer.Argument(help="Output file (taobao, longdep) or directory (amazon, xlong).")],
     rows: Annotated[int, typer.Option(help="taobao: number of rows.")] = 100_000,
-    users: Annotated[int, typer.Option(help="amazon/xlong: number of users.")] = 200,
+    users: Annotated[int, typer.Option(help="amazon/xlong/longdep: number of users.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     bad_rate: Annotated[float, typer.Option(help="taobao: share of lines replaced by malformed ones.")] = 0.0,
 ) -> None:
     """Write synthetic raw files in a source's format (labelled synthetic by a sidecar .synthetic.json)."""
     with _errors():
         t0 = time.perf_counter()
-        if dataset is Dataset.taobao:
+        if dataset is GenFormat.taobao:
             from lsdata.synth import taobao
 
             paths = [taobao.generate(out, rows=rows, seed=seed, bad_rate=bad_rate)]
-        elif dataset is Dataset.amazon:
+        elif dataset is GenFormat.longdep:
+            from lsdata.synth import longdep
+
+            paths = [longdep.generate(out, users=users, seed=seed)]
+        elif dataset is GenFormat.amazon:
             from lsdata.synth import amazon
 
             paths = amazon.generate(out, n_users=users, seed=seed)

@@ -95,6 +95,11 @@ class SplitOptions(_Opts):
     )
     valid_cut_time: int | None = Field(None, description="Explicit validation cut (unix seconds), overrides valid_quantile.")
     neg_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Probability that a sample's target is replaced by a random negative item.")
+    pairs: bool = Field(
+        False,
+        description="Each target gives two samples, the true item (label 1) and a random negative (label 0), instead of a "
+        "coin flip (MIMN's Amazon protocol); every user then has both labels, so GAUC is defined. neg_ratio is ignored.",
+    )
     seed: int = Field(DEFAULT_SEED, description="Seed of the label coin flips and negative draws.")
 
 

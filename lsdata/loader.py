@@ -34,6 +34,7 @@ Two datasets
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -42,6 +43,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, Sampler, get_worker_info
+
+# ds[i] hands out read-only zero-copy views of the Arrow buffers on purpose
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 #: list columns whose real values are post-padded in a layout's Parquet file (re-aligned to the front here)
 POST_PADDED = {

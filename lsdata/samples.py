@@ -5,7 +5,8 @@ candidate ``(item, cate)``, the label and the target time. ``hist_end`` is the n
 with ``ts < target ts``, so the history is ``sequence[:hist_end]`` and can never contain the target or any
 event at its timestamp.
 
-Labels follow the reference: with probability ``neg_ratio`` (seeded) the candidate is replaced by an item
+With ``pairs`` every target gives a positive and a negative sample (MIMN's Amazon protocol; GAUC becomes
+defined). Otherwise labels follow the reference: with probability ``neg_ratio`` (seeded) the candidate is replaced by an item
 drawn uniformly from all items except the true target (drawn directly from ``{1..I} minus {true}``, no redraw
 loop), with that item's category; the target time stays the true one. Draws are made in (user, set) order
 for the whole dataset at once, so the result does not depend on the partitioning.
@@ -99,7 +100,14 @@ def build(ds: Dataset, opts: SplitOptions, progress: Callable[[int], None] | Non
     order = {s: i for i, s in enumerate(SPLITS)}
     df = pl.concat(located).sort("user", pl.col("split").replace_strict(order, return_dtype=pl.Int8))
     lut = item_categories(ds)
-    label, cand = draw_labels(df.height, df["true_item"].to_numpy(), lut.size - 1, opts.neg_ratio, opts.seed)
+    if opts.pairs:  # one positive and one negative per target, positive first
+        df = pl.concat([df, df]).with_columns(pl.Series("_copy", np.repeat([0, 1], df.height)))
+        df = df.sort("user", pl.col("split").replace_strict(order, return_dtype=pl.Int8), "_copy").drop("_copy")
+        _, negative = draw_labels(df.height, df["true_item"].to_numpy(), lut.size - 1, 1.0, opts.seed)
+        label = np.tile(np.array([1, 0], dtype=np.int8), df.height // 2)
+        cand = np.where(label == 1, df["true_item"].to_numpy(), negative).astype(np.int32)
+    else:
+        label, cand = draw_labels(df.height, df["true_item"].to_numpy(), lut.size - 1, opts.neg_ratio, opts.seed)
     df = df.with_columns(
         pl.Series("label", label),
         pl.Series("item", cand),

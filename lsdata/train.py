@@ -288,7 +288,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
                 elif st["step"] % cfg.checkpoint_every == 0:
                     checkpoint()
                 if st["stop"] or st["step"] >= total_steps:
-                    completed = st["batch"] >= steps_per_epoch and sampler is not None
+                    completed = st["batch"] >= steps_per_epoch
                     break
         train_secs += time.perf_counter() - t0
         if completed:

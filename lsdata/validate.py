@@ -586,8 +586,10 @@ def check_split(ds: Dataset, ctx: _SplitContext, v: Violations) -> None:
         v.emit(c, per_user.filter(pl.col("sets").list.len() > 1).sort("user"),
                lambda r: f"{rel} user {r['user']}: in several sets ({', '.join(r['sets'])}); cut-split sets must be "
                          f"user-disjoint")
-        v.emit(c, per_user.filter(pl.col("n") > 1).sort("user"),
-               lambda r: f"{rel} user {r['user']}: {r['n']} samples, expected one (the user's last event)")
+        per_target = 2 if rep.options.get("pairs") else 1
+        v.emit(c, per_user.filter(pl.col("n") != per_target).sort("user"),
+               lambda r: f"{rel} user {r['user']}: {r['n']} samples, expected {per_target} (the user's last event"
+                         f"{', as a positive and a negative' if per_target == 2 else ''})")
         v.emit(c, users.join(s, on="user", how="anti").sort("user"),
                lambda r: f"{rel} user {r['user']}: no sample (the cut split gives every user one)")
     elif rep.method == "loo":

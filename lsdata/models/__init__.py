@@ -12,7 +12,11 @@ from lsdata.io import InputError
 REGISTRY: dict[str, type] = {}
 
 #: every registered name, spelled out so the CLI can list them without importing torch (a test checks it)
-MODEL_NAMES = ("dnn", "gru4rec")
+MODEL_NAMES = (
+    "dnn", "svdpp", "gru4rec", "lstm", "arnn", "din", "dien", "caser",  # baselines.py
+    "hpmn", "mimn",  # memory.py
+    "rum", "rum_item", "shan", "sam",  # rum.py, shan.py, sam.py
+)
 
 
 def register(cls: type) -> type:
@@ -26,7 +30,7 @@ def register(cls: type) -> type:
     return cls
 
 
-MODULES = ("baselines",)  #: modules whose import registers the models
+MODULES = ("baselines", "memory", "rum", "shan", "sam")  #: modules whose import registers the models
 
 
 def _load_all() -> None:

@@ -105,25 +105,39 @@ def run_rnn(rnn: nn.GRU | nn.LSTM, x: Tensor, lengths: Tensor) -> tuple[Tensor, 
     """Run ``rnn`` over the real steps of front-padded ``x`` only (the state never sees padding).
 
     Returns (outputs ``[B, T, H]`` front-aligned with zeros on padding, final ``h`` ``[B, H]``, final ``c``
-    for an LSTM else None). Rows with no real step get zero outputs and states. Uses packed sequences, so
-    cuDNN / the fused CPU kernel does the time loop.
+    for an LSTM else None). Rows with no real step get zero outputs and states.
+
+    The rows are re-aligned to the left (real steps first) and cut to the longest row of the batch, the
+    RNN runs unpacked (the fused kernel; on CPU the packed-sequence backward is ~10x slower), and the state
+    after each row's last real step is gathered: padding after the real steps cannot affect it. An LSTM's
+    cell state is not output per step, so LSTMs run on packed sequences (exact, slower backward on CPU).
     """
     b, t, _ = x.shape
-    n = lengths.clamp(min=1, max=t)
-    shift = (t - n)
-    pos = torch.arange(t, device=x.device)[None, :]
-    src = (pos + shift[:, None]).clamp(max=t - 1)  # post-aligned view of the front-aligned rows
-    post = x.gather(1, src[..., None].expand(-1, -1, x.shape[2]))
-    packed = pack_padded_sequence(post, n.cpu(), batch_first=True, enforce_sorted=False)
-    out, state = rnn(packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
-    back = (pos - shift[:, None]).clamp(min=0)  # front-align again
-    out = out.gather(1, back[..., None].expand(-1, -1, out.shape[2]))
-    keep = (lengths > 0).to(x.dtype)
-    out = out * (front_mask(lengths, t)[..., None] * keep[:, None, None])
-    if isinstance(state, tuple):
-        return out, state[0][-1] * keep[:, None], state[1][-1] * keep[:, None]
-    return out, state[-1] * keep[:, None], None
+    n = lengths.clamp(min=0, max=t)
+    keep = (n > 0).to(x.dtype)[:, None]
+    if isinstance(rnn, nn.LSTM):
+        packed = pack_padded_sequence(_left_align(x, n), n.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        out, (h, c) = rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=t)
+        return _front_align(out, n, t), h[-1] * keep, c[-1] * keep
+    out, _ = rnn(_left_align(x, n, span=max(int(n.max()), 1)))
+    h = out[torch.arange(b, device=x.device), (n - 1).clamp(min=0)] * keep
+    return _front_align(out, n, t), h, None
+
+
+def _left_align(x: Tensor, n: Tensor, span: int | None = None) -> Tensor:
+    """Rows of front-padded ``x`` with their ``n`` real steps moved to the start, cut to ``span`` steps."""
+    t = x.shape[1]
+    pos = torch.arange(span or t, device=x.device)[None, :]
+    src = (pos + (t - n)[:, None]).clamp(max=t - 1)
+    return x.gather(1, src[..., None].expand(-1, -1, x.shape[2]))
+
+
+def _front_align(out: Tensor, n: Tensor, t: int) -> Tensor:
+    """Inverse of :func:`_left_align` to width ``t``, zeros on padding."""
+    pos = torch.arange(t, device=out.device)[None, :]
+    back = (pos - (t - n)[:, None]).clamp(min=0, max=out.shape[1] - 1)
+    return out.gather(1, back[..., None].expand(-1, -1, out.shape[2])) * front_mask(n, t)[..., None]
 
 
 def gru_step(rnn: nn.GRU, x: Tensor, h: Tensor) -> Tensor:

@@ -69,7 +69,7 @@ Parameters (``generate(path, users=20000, seed=0, **params)``; defaults in :data
 ``block_users``          20000   users generated per block (memory is flat in ``users``)
 ======================  =======  ==================================================================
 
-With the defaults a user has ~320 events on average (min 82, max 556). The defaults make the target's
+With the defaults a user has ~320 events on average (min 82, max 555). The defaults make the target's
 marginal distribution nearly uniform over items (``rho`` = share of interest items, 0.6), so a model that
 cannot see ``k_u`` gets only the weak noise-popularity signal (Bayes AUC ~0.58), while one that sees it
 gets ~0.94. Same ``seed``, parameters and ``block_users`` give a byte-identical file.
@@ -147,10 +147,14 @@ DEFAULTS: dict[str, float | int] = {
 }
 
 
+#: keys a sidecar records besides the model parameters (accepted and ignored by :func:`resolve`)
+SIDECAR_ONLY = {"seed", "users", "block_users", "rows", "items", "categories", "items_absent"}
+
+
 def resolve(params: dict | None = None) -> dict:
     """Defaults updated with ``params`` (unknown keys rejected), after consistency checks."""
     p = dict(DEFAULTS)
-    extra = set(params or {}) - set(DEFAULTS) - {"seed", "users", "block_users"}
+    extra = set(params or {}) - set(DEFAULTS) - SIDECAR_ONLY
     if extra:
         raise ValueError(f"unknown longdep parameters: {sorted(extra)}")
     p.update({k: v for k, v in (params or {}).items() if k in DEFAULTS})
@@ -200,7 +204,7 @@ def _segment_starts(counts: np.ndarray) -> np.ndarray:
 def _block(rng: np.random.Generator, n: int, p: dict, cat: Catalogue, cdf: np.ndarray, rr: np.ndarray, seen: np.ndarray):
     """One block of ``n`` users: flat (user index, item index, behaviour index, ts) arrays."""
     k, m = int(p["interest_categories"]), int(p["items_per_interest"])
-    ri = lambda lo, hi, size: rng.integers(int(lo), int(hi) + 1, size=size)  # noqa: E731  inclusive
+    ri = lambda lo, hi, size: rng.integers(int(lo), int(hi) + 1, size=size)  # inclusive bounds
     lead = ri(p["lead_min"], p["lead_max"], n)
     b0 = ri(p["burst_min"], p["burst_max"], n)
     gap = ri(p["gap_min"], p["gap_max"], n)
@@ -294,7 +298,8 @@ def generate(path: str | Path, users: int = 20_000, seed: int = 0, block_users: 
     write_sidecar(
         path, GENERATOR, "Tianchi UserBehavior.csv (user,item,category,behavior,ts; no header)", side,
         "synthetic lifelong behaviour with planted long-range structure (the target's interest category is "
-        "shown only 80-250 events back); Bayes-optimal scores in lsdata.synth.longdep; not real Tianchi data",
+        f"shown only {p['gap_min']}-{p['gap_max']} events back); Bayes-optimal scores in lsdata.synth.longdep; "
+        "not real Tianchi data",
     )
     return path
 
@@ -335,7 +340,10 @@ def model_for_dataset(root: str | Path, params: dict | None = None) -> Model:
     root = Path(root)
     manifest = json.loads((root / "manifest.json").read_text())
     if params is None:
-        params = read_params(manifest["sources"][0]["path"])
+        src = manifest["sources"][0]["path"]
+        if not Path(src + ".synthetic.json").exists():
+            raise ValueError(f"{root}: sidecar {src}.synthetic.json not found; pass params=read_params(FILE)")
+        params = read_params(src)
     p = resolve({k: v for k, v in params.items() if k in DEFAULTS})
     cat = catalogue(p, int(params["seed"]))
     vi = pl.read_parquet(root / "vocab" / "item.parquet", columns=["id", "raw"])
@@ -361,7 +369,9 @@ def model_for_dataset(root: str | Path, params: dict | None = None) -> Model:
     neg_ratio = 0.5
     rep = root / "split" / "report.json"
     if rep.exists():
-        neg_ratio = float(json.loads(rep.read_text()).get("options", {}).get("neg_ratio", 0.5))
+        opts = json.loads(rep.read_text()).get("options", {})
+        # with ``pairs`` each target gives one positive and one negative sample: q = 1/2
+        neg_ratio = 0.5 if opts.get("pairs") else float(opts.get("neg_ratio", 0.5))
     return Model(float(p["rho"]), k, int(p["items_per_interest"]), interest, p_noise, vi.height, neg_ratio)
 
 
@@ -434,7 +444,7 @@ def layout_scores(path: str | Path, model: Model, window: int | None = None) -> 
     """(label, Bayes score) for one front-padded layout file (``layouts/hpmn/test.parquet``, ...)."""
     df = pl.read_parquet(path, columns=["hist_item", "hist_cate", "hist_len", "item", "cate", "label"])
     width = df.schema["hist_cate"].size
-    mat = lambda c: df[c].to_numpy().reshape(df.height, width) if df.height else np.zeros((0, width), np.int32)  # noqa: E731
+    mat = lambda c: df[c].to_numpy().reshape(df.height, width) if df.height else np.zeros((0, width), np.int32)
     s = bayes_scores(mat("hist_item"), mat("hist_cate"), df["hist_len"].to_numpy(), df["item"].to_numpy(),
                      df["cate"].to_numpy(), model, window=window)
     return df["label"].to_numpy(), s

@@ -1,0 +1,113 @@
+"""Where long memory matters: train the zoo on planted long-range structure, next to the Bayes-optimal AUC.
+
+Data: ``lsdata generate longdep`` (Taobao format; :mod:`lsdata.synth.longdep` documents the generative
+process and its Bayes-optimal rule). The predictive signal (the category of the user's latest *interest*
+event) is always 80-250 events back, so the last 50 events never show it and the last 300 always do.
+
+Runs (all through the normal pipeline and ``lsdata train``, validation-selected, test scored once):
+
+* **short window** (``--short 50``): DNN, GRU4Rec, DIN, DIEN on ``hpmn`` layouts of width 50, the window
+  these models are run with in production (MIMN paper §1) - the Bayes ceiling there is the window-50 AUC;
+* **lifelong** (width 300): the memory models HPMN, MIMN, RUM, SHAN, SAM, and, as a control, DNN, GRU4Rec,
+  DIN, DIEN given the same 300 events.
+
+Prints a markdown table (model, window, test AUC, Bayes AUC for that window) and writes
+``benchmarks/results/longdep.json``.
+
+    python benchmarks/longdep.py --users 20000 --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHORT_MODELS = ("dnn", "gru4rec", "din", "dien")
+MEMORY_MODELS = ("hpmn", "mimn", "rum", "shan", "sam")
+
+
+def sh(*args: str) -> None:
+    subprocess.run(["lsdata", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def prepare(work: Path, users: int, seed: int, short: int, long: int) -> dict[int, Path]:
+    raw = work / f"longdep_{users}_{seed}.csv"
+    base = work / f"longdep_{users}_{seed}_w{long}"
+    if not (base / "layouts" / "shan" / "report.json").exists():
+        sh("generate", "longdep", str(raw), "--users", str(users), "--seed", str(seed))
+        shutil.rmtree(base, ignore_errors=True)
+        sh("ingest", "taobao", str(raw), "--out", str(base))
+        sh("split", str(base))
+        sh("layout", str(base), "hpmn", "mimn", "--hist", str(long))
+        sh("layout", str(base), "shan", "--hist", str(long))
+    small = work / f"longdep_{users}_{seed}_w{short}"
+    if not (small / "layouts" / "hpmn" / "report.json").exists():
+        shutil.rmtree(small, ignore_errors=True)
+        shutil.copytree(base, small, ignore=shutil.ignore_patterns("layouts", "runs"))
+        sh("layout", str(small), "hpmn", "--hist", str(short))
+    return {long: base, short: small}
+
+
+def train(model: str, data: Path, out: Path, a: argparse.Namespace) -> dict:
+    cmd = ["lsdata", "train", model, str(data), "--out", str(out), "--epochs", str(a.epochs), "--device", a.device,
+           "--patience", str(a.patience)]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"error": (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]}
+    m = json.loads((out / "metrics.json").read_text())
+    return {"valid_auc": (m["valid"] or {}).get("auc"), "test_auc": m["test"]["auc"], "test_logloss": m["test"]["logloss"],
+            "epochs_run": m["epochs_run"], "samples_per_s": m["train_samples_per_s"], "seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/lsdata-bench-longdep"))
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--short", type=int, default=50)
+    ap.add_argument("--long", type=int, default=300)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--patience", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default="", help="comma list restricting the models run")
+    a = ap.parse_args()
+    from lsdata.synth import longdep
+
+    a.work.mkdir(parents=True, exist_ok=True)
+    data = prepare(a.work, a.users, a.seed, a.short, a.long)
+    bayes = longdep.bayes_aucs(data[a.long], split="test", windows=(None, a.long, a.short))
+    bayes_at = {a.long: bayes[f"w{a.long}"], a.short: bayes[f"w{a.short}"]}
+    print(f"Bayes-optimal test AUC: full history {bayes['full']:.4f}, last {a.long} {bayes_at[a.long]:.4f}, "
+          f"last {a.short} {bayes_at[a.short]:.4f}", flush=True)
+    only = set(filter(None, a.models.split(",")))
+    plan = [(m, a.short) for m in SHORT_MODELS] + [(m, a.long) for m in MEMORY_MODELS + SHORT_MODELS]
+    rows = []
+    for model, width in plan:
+        if only and model not in only:
+            continue
+        r = {"model": model, "window": width, "bayes_auc": bayes_at[width],
+             **train(model, data[width], data[width] / "runs" / model, a)}
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    print("\n| model | window (events) | valid AUC | test AUC | Bayes AUC (window) | epochs | train samples/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['window']} | error: {r['error']} |||||")
+            continue
+        print(f"| {r['model']} | {r['window']} | {r['valid_auc']:.4f} | {r['test_auc']:.4f} | {r['bayes_auc']:.4f} | "
+              f"{r['epochs_run']} | {r['samples_per_s'] or 0:,.0f} |")
+    out = HERE / "results" / "longdep.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"users": a.users, "seed": a.seed, "bayes": bayes, "rows": rows}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
