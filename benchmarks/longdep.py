@@ -105,6 +105,11 @@ def main() -> None:
               f"{r['epochs_run']} | {r['samples_per_s'] or 0:,.0f} |")
     out = HERE / "results" / "longdep.json"
     out.parent.mkdir(exist_ok=True)
+    if only and out.exists():  # a partial rerun replaces its own rows of the same data, keeps the others
+        old = json.loads(out.read_text())
+        if (old["users"], old["seed"]) == (a.users, a.seed):
+            done = {(r["model"], r["window"]) for r in rows}
+            rows = [r for r in old["rows"] if (r["model"], r["window"]) not in done] + rows
     out.write_text(json.dumps({"users": a.users, "seed": a.seed, "bayes": bayes, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {out}")
 

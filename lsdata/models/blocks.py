@@ -218,7 +218,7 @@ class DINAttention(nn.Module):
     """
 
     def __init__(self, q_dim: int, k_dim: int, hidden: tuple[int, ...] = (80, 40), act: str = "relu",
-                 query_proj: bool = True, norm: str = "softmax"):
+                 query_proj: bool = True, norm: str = "softmax", score_bias: bool | None = None):
         super().__init__()
         if not query_proj and q_dim != k_dim:
             raise ValueError(f"attention without query projection needs equal widths, got {q_dim} and {k_dim}")
@@ -228,7 +228,8 @@ class DINAttention(nn.Module):
         for h in hidden:
             layers += [nn.Linear(d, h), activation(act, h)]
             d = h
-        layers.append(nn.Linear(d, 1))
+        # a constant added to every score cancels in the softmax, so that bias would never learn anything
+        layers.append(nn.Linear(d, 1, bias=norm != "softmax" if score_bias is None else score_bias))
         self.mlp = nn.Sequential(*layers)
         self.norm = norm
 

@@ -218,7 +218,6 @@ class RUMItem(CTRModel):
         self.att = None
         if p.variant == "din":
             self.att = DINAttention(d, d, hidden=(80, 40), act="relu", query_proj=True)
-            self.att.mlp[-1].bias = None  # the softmax over positions is blind to the score's bias
         self.capacity = p.slots if p.variant == "fifo" else spec.widths.get("hist", 0)
         self.head = Head(2 * d, p)
 

@@ -97,7 +97,6 @@ class SHAN(CTRModel):
             self.side_user.weight.data[0] = 0
             self.side_dim = self.emb.item.embedding_dim + p.emb_dim + (p.emb_dim if self.emb.behavior is not None else 0)
             self.side_att = DINAttention(d, self.side_dim, hidden=(80, 40), act="relu", query_proj=True)
-            self.side_att.mlp[-1].bias = None  # the softmax over positions is blind to the score's bias
             head_in += self.side_dim
         self.head = Head(head_in, p)
 
