@@ -29,6 +29,10 @@ HERE = Path(__file__).resolve().parent
 def run_model(model: str, data: Path, out: Path, a: argparse.Namespace) -> dict:
     cmd = ["lsdata", "train", model, str(data), "--out", str(out), "--max-steps", str(a.max_steps),
            "--eval-every", str(a.eval_every), "--device", a.device, "--epochs", "1"]
+    if a.max_eval_rows:
+        cmd += ["--max-eval-rows", str(a.max_eval_rows)]
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
     if a.batch_size:
         cmd += ["--batch-size", str(a.batch_size)]
     for s in a.set or []:
@@ -58,6 +62,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--max-eval-rows", type=int, default=None, help="score only the first N valid/test rows")
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--set", action="append", help="model parameter override passed to every model")
     ap.add_argument("--runs", type=Path, default=None, help="where run directories go (default DATA/runs-bench)")
     ap.add_argument("--tag", default="")
@@ -84,7 +90,7 @@ def main() -> None:
     out = HERE / "results" / f"train_models{'-' + a.tag if a.tag else ''}.json"
     out.parent.mkdir(exist_ok=True)
     meta = {"data": str(a.data), "machine": platform.node(), "device": a.device, "max_steps": a.max_steps,
-            "eval_every": a.eval_every, "batch_size": a.batch_size}
+            "eval_every": a.eval_every, "batch_size": a.batch_size, "max_eval_rows": a.max_eval_rows, "threads": a.threads}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {out}")
 

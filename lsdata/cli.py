@@ -371,6 +371,7 @@ def train(
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimiser steps.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Training batch size (default: the model's reference, 128).")] = None,
     eval_batch_size: Annotated[Optional[int], typer.Option(help="Scoring batch size (default 1024).")] = None,
+    max_eval_rows: Annotated[Optional[int], typer.Option(help="Score only the first N rows of valid and test (quick benchmarks; default all).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (default: the model's reference).")] = None,
     l2: Annotated[Optional[float], typer.Option(help="L2 weight on non-embedding, non-bias weights, 0.5*l2*sum(w^2) (default 0).")] = None,
     clip_value: Annotated[Optional[float], typer.Option(help="Clip gradient values to [-v, v] (default: the model's reference; off unless it clips).")] = None,
@@ -395,7 +396,7 @@ def train(
         if config is not None:
             conf = tomllib.loads(config.read_text())
         given = dict(layout=layout, out=str(out) if out else None, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                     eval_batch_size=eval_batch_size, lr=lr, l2=l2, clip_value=clip_value, eval_every=eval_every,
+                     eval_batch_size=eval_batch_size, max_eval_rows=max_eval_rows, lr=lr, l2=l2, clip_value=clip_value, eval_every=eval_every,
                      patience=patience, seed=seed, device=device, amp=amp, workers=workers, streaming=streaming, threads=threads)
         conf |= {k: v for k, v in given.items() if v is not None}
         conf["params"] = {**conf.get("params", {}), **_parse_sets(set_)}

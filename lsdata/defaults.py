@@ -176,6 +176,9 @@ class TrainConfig(_Opts):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps in total")
     batch_size: int | None = Field(None, ge=1, description="training batch; None = model default (128)")
     eval_batch_size: int = Field(1024, ge=1, description="batch for validation/test scoring")
+    max_eval_rows: int | None = Field(
+        None, ge=1, description="score only the first N rows (file order) of valid and test; None = all. For quick "
+        "benchmarks: metrics.json records n")
     lr: float | None = Field(None, gt=0, description="Adam learning rate; None = model default")
     l2: float = Field(0.0, ge=0, description="0.5 * l2 * sum(w^2) over non-embedding, non-bias weights (reference reg_lambda)")
     clip_value: float | None = Field(None, gt=0, description="clip every gradient element to [-v, v]; None = model default (off unless the reference clips)")

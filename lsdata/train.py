@@ -107,11 +107,12 @@ class Run:
         bs = self.cfg.eval_batch_size
         users, labels, probs, order = [], [], [], []
         if isinstance(data, LayoutDataset):
-            rows = np.arange(len(data))[self.rank :: self.world]
+            rows = np.arange(min(len(data), self.cfg.max_eval_rows or len(data)))[self.rank :: self.world]
             batches = ((rows[s : s + bs], data.__getitems__(rows[s : s + bs])) for s in range(0, rows.size, bs))
         else:
             stream = StreamingLayoutDataset(data, self.layout, bs, shuffle=False, rank=self.rank, world_size=self.world)
-            batches = ((None, b) for b in stream)
+            limit = self.cfg.max_eval_rows
+            batches = ((None, b) for i, b in enumerate(stream) if limit is None or i * bs * self.world < limit)
         for idx, batch in batches:
             batch = self.to_device(batch)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
