@@ -47,7 +47,7 @@ def batch_for(L: int, n_cand: int, rng: np.random.Generator) -> dict[str, torch.
          "side_user": torch.zeros(n_cand, 36, dtype=torch.int32), "side_behavior": torch.zeros(n_cand, 36, dtype=torch.int32),
          "side_len": torch.zeros(n_cand, dtype=torch.int32)}
     short = min(44, L)
-    for part, width, n in (("long", L - short, L - short), ("short", short, short)):
+    for part, n in (("long", L - short), ("short", short)):
         sl = slice(0, n) if part == "long" else slice(L - n, L)
         b[f"{part}_item"], b[f"{part}_cate"], b[f"{part}_behavior"] = (rep(item[sl]), rep(cate[sl]), rep(beh[sl]))
         b[f"{part}_len"] = torch.full((n_cand,), n, dtype=torch.int32)
@@ -114,7 +114,7 @@ def main() -> None:
                 row |= {"update": pct(upd), "score": pct(sc)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n| model | L | update p50 / p99 ms | score p50 / p99 ms | full forward p50 ms | full / score |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| model | L | update p50 / p99 ms | score p50 / p99 ms | full forward p50 ms | full / score |\n|---|---:|---:|---:|---:|---:|")
     for r in rows:
         f = r["full"]["p50_ms"]
         if "update" in r:

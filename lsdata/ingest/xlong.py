@@ -86,7 +86,7 @@ from lsdata.io import (
     write_model_atomic,
 )
 from lsdata.layouts import LayoutWriter, NegativeSampler, Ranges, layout_table, lengths_for, publish_layouts
-from lsdata.schemas import XLongSampleRow, arrow_schema, LayoutReport, Manifest
+from lsdata.schemas import LayoutReport, Manifest, XLongSampleRow, arrow_schema
 
 DATASET = "xlong"
 TRAIN, TEST, EMB = "xlong_train", "xlong_test", "graph_emb"
