@@ -137,7 +137,8 @@ def _expand(state, n: int):
     if isinstance(state, dict):
         return {k: _expand(v, n) for k, v in state.items()}
     if isinstance(state, (tuple, list)):
-        return type(state)(_expand(v, n) for v in state)
+        parts = [_expand(v, n) for v in state]
+        return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
     return state
 
 

@@ -14,7 +14,12 @@ Runs (all through the normal pipeline and ``lsdata train``, validation-selected,
 Prints a markdown table (model, window, test AUC, Bayes AUC for that window) and writes
 ``benchmarks/results/longdep.json``.
 
-    python benchmarks/longdep.py --users 20000 --epochs 6
+    python benchmarks/longdep.py --preset paper --users 20000 --epochs 6   # generator defaults, windows 50 / 300
+    python benchmarks/longdep.py --preset cpu --users 8000 --epochs 3      # 3x shorter scale for a 2-core CPU
+
+Presets: ``paper`` = the generator's defaults (signal 80-250 events back; windows 50 and 300); ``cpu`` = the same
+structure at a third of the scale (signal 25-75 events back, interest bursts every 60-90 events; windows 20 and
+100) with a smaller catalogue, so recurrent models at L = 100 train in minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PRESETS = {
+    "paper": {"short": 50, "long": 300, "params": {}},
+    "cpu": {"short": 20, "long": 100, "params": {
+        "interest_categories": 10, "items_per_interest": 30, "noise_categories": 30, "noise_items": 300, "rho": 0.5,
+        "gap_min": 25, "gap_max": 75, "burst_min": 2, "burst_max": 4, "period_min": 60, "period_max": 90,
+        "lead_min": 0, "lead_max": 60}},
+}
 SHORT_MODELS = ("dnn", "gru4rec", "din", "dien")
 MEMORY_MODELS = ("hpmn", "mimn", "rum", "shan", "sam")
 
@@ -35,17 +47,19 @@ def sh(*args: str) -> None:
     subprocess.run(["lsdata", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def prepare(work: Path, users: int, seed: int, short: int, long: int) -> dict[int, Path]:
-    raw = work / f"longdep_{users}_{seed}.csv"
-    base = work / f"longdep_{users}_{seed}_w{long}"
+def prepare(work: Path, users: int, seed: int, short: int, long: int, preset: str) -> dict[int, Path]:
+    from lsdata.synth import longdep
+
+    raw = work / f"longdep_{preset}_{users}_{seed}.csv"
+    base = work / f"longdep_{preset}_{users}_{seed}_w{long}"
     if not (base / "layouts" / "shan" / "report.json").exists():
-        sh("generate", "longdep", str(raw), "--users", str(users), "--seed", str(seed))
+        longdep.generate(raw, users=users, seed=seed, **PRESETS[preset]["params"])
         shutil.rmtree(base, ignore_errors=True)
         sh("ingest", "taobao", str(raw), "--out", str(base))
         sh("split", str(base))
         sh("layout", str(base), "hpmn", "mimn", "--hist", str(long))
         sh("layout", str(base), "shan", "--hist", str(long))
-    small = work / f"longdep_{users}_{seed}_w{short}"
+    small = work / f"longdep_{preset}_{users}_{seed}_w{short}"
     if not (small / "layouts" / "hpmn" / "report.json").exists():
         shutil.rmtree(small, ignore_errors=True)
         shutil.copytree(base, small, ignore=shutil.ignore_patterns("layouts", "runs"))
@@ -55,7 +69,7 @@ def prepare(work: Path, users: int, seed: int, short: int, long: int) -> dict[in
 
 def train(model: str, data: Path, out: Path, a: argparse.Namespace) -> dict:
     cmd = ["lsdata", "train", model, str(data), "--out", str(out), "--epochs", str(a.epochs), "--device", a.device,
-           "--patience", str(a.patience)]
+           "--patience", str(a.patience), "--threads", str(a.threads)]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -70,8 +84,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/lsdata-bench-longdep"))
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--short", type=int, default=50)
-    ap.add_argument("--long", type=int, default=300)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -80,7 +94,8 @@ def main() -> None:
     from lsdata.synth import longdep
 
     a.work.mkdir(parents=True, exist_ok=True)
-    data = prepare(a.work, a.users, a.seed, a.short, a.long)
+    a.short, a.long = PRESETS[a.preset]["short"], PRESETS[a.preset]["long"]
+    data = prepare(a.work, a.users, a.seed, a.short, a.long, a.preset)
     bayes = longdep.bayes_aucs(data[a.long], split="test", windows=(None, a.long, a.short))
     bayes_at = {a.long: bayes[f"w{a.long}"], a.short: bayes[f"w{a.short}"]}
     print(f"Bayes-optimal test AUC: full history {bayes['full']:.4f}, last {a.long} {bayes_at[a.long]:.4f}, "
@@ -103,14 +118,14 @@ def main() -> None:
             continue
         print(f"| {r['model']} | {r['window']} | {r['valid_auc']:.4f} | {r['test_auc']:.4f} | {r['bayes_auc']:.4f} | "
               f"{r['epochs_run']} | {r['samples_per_s'] or 0:,.0f} |")
-    out = HERE / "results" / "longdep.json"
+    out = HERE / "results" / f"longdep-{a.preset}.json"
     out.parent.mkdir(exist_ok=True)
     if only and out.exists():  # a partial rerun replaces its own rows of the same data, keeps the others
         old = json.loads(out.read_text())
-        if (old["users"], old["seed"]) == (a.users, a.seed):
+        if (old["users"], old["seed"], old.get("preset")) == (a.users, a.seed, a.preset):
             done = {(r["model"], r["window"]) for r in rows}
             rows = [r for r in old["rows"] if (r["model"], r["window"]) not in done] + rows
-    out.write_text(json.dumps({"users": a.users, "seed": a.seed, "bayes": bayes, "rows": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"preset": a.preset, "users": a.users, "seed": a.seed, "bayes": bayes, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {out}")
 
 

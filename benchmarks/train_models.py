@@ -33,6 +33,8 @@ def run_model(model: str, data: Path, out: Path, a: argparse.Namespace) -> dict:
         cmd += ["--max-eval-rows", str(a.max_eval_rows)]
     if a.threads:
         cmd += ["--threads", str(a.threads)]
+    if a.streaming:
+        cmd += ["--streaming"]
     if a.batch_size:
         cmd += ["--batch-size", str(a.batch_size)]
     for s in a.set or []:
@@ -47,7 +49,7 @@ def run_model(model: str, data: Path, out: Path, a: argparse.Namespace) -> dict:
         rates = [float(r["samples_per_s"]) for r in csv.DictReader(f) if r["kind"] == "train" and r["samples_per_s"]]
     return {
         "model": model, "layout": m["layout"], "steps": m["steps"], "params": m["n_parameters"],
-        "samples_per_s": statistics.median(rates[1:] or rates) if rates else None,
+        "samples_per_s": statistics.median(rates[1:] or rates) if rates else m["train_samples_per_s"],
         "peak_rss_mib": m["peak_rss_mib"], "peak_cuda_mib": m["peak_cuda_mib"],
         "valid_auc": (m["valid"] or {}).get("auc"), "test_auc": m["test"]["auc"], "test_logloss": m["test"]["logloss"],
         "test_n": m["test"]["n"], "wall_seconds": wall, "device": m["device"],
@@ -64,6 +66,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-eval-rows", type=int, default=None, help="score only the first N valid/test rows")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--streaming", action="store_true", help="stream row groups instead of loading each split")
     ap.add_argument("--set", action="append", help="model parameter override passed to every model")
     ap.add_argument("--runs", type=Path, default=None, help="where run directories go (default DATA/runs-bench)")
     ap.add_argument("--tag", default="")
@@ -90,7 +93,8 @@ def main() -> None:
     out = HERE / "results" / f"train_models{'-' + a.tag if a.tag else ''}.json"
     out.parent.mkdir(exist_ok=True)
     meta = {"data": str(a.data), "machine": platform.node(), "device": a.device, "max_steps": a.max_steps,
-            "eval_every": a.eval_every, "batch_size": a.batch_size, "max_eval_rows": a.max_eval_rows, "threads": a.threads}
+            "eval_every": a.eval_every, "batch_size": a.batch_size, "max_eval_rows": a.max_eval_rows, "threads": a.threads,
+            "streaming": a.streaming}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {out}")
 

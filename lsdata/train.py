@@ -130,6 +130,8 @@ class Run:
             if cat[3].size and (cat[3] >= 0).all():
                 srt = np.argsort(cat[3], kind="stable")
                 cat = [c[srt] for c in cat]
+        if self.cfg.max_eval_rows:
+            cat = [c[: self.cfg.max_eval_rows] for c in cat]
         return cat[0], cat[1], cat[2]
 
 
@@ -193,7 +195,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
     n_valid = len(valid_data) if isinstance(valid_data, LayoutDataset) else pq_rows(valid_data)
 
     st = {"epoch": 0, "batch": 0, "step": 0, "best": -math.inf, "best_step": None, "bad": 0, "stop": False,
-          "epoch_seconds": [], "evals": [], "last_eval": -1}
+          "epoch_seconds": [], "evals": [], "last_eval": -1,
+          "train_seconds": 0.0, "samples_seen": 0}
     if resume:
         ck = torch.load(last, map_location=r.device, weights_only=False)
         r.model.load_state_dict(ck["model"])
@@ -269,6 +272,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
                 st["step"] += 1
                 st["batch"] += 1
                 b = batch["label"].shape[0]
+                st["samples_seen"] += b
                 seen += b
                 loss_sum = loss.detach() * b if loss_sum is None else loss_sum + loss.detach() * b
                 extra_sum = extra * b if extra_sum is None else extra_sum + extra * b
@@ -292,6 +296,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
                     completed = st["batch"] >= steps_per_epoch
                     break
         train_secs += time.perf_counter() - t0
+        st["train_seconds"] += train_secs
         if completed:
             st["epoch_seconds"].append(train_secs)
             st["epoch"] += 1
@@ -323,7 +328,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
             "valid": {k: v for k, v in valid_best.items() if k not in ("step", "epoch")} if valid_best else None,
             "test": evaluate(u, y, p),
             "epoch_seconds": secs,
-            "train_samples_per_s": (n_train / float(np.median(secs))) if secs else None,
+            "train_samples_per_s": st["samples_seen"] / st["train_seconds"] if st["train_seconds"] else None,
             "peak_rss_mib": _peak_rss_mib(),
             "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if r.device.type == "cuda" else None,
             "seconds_total": time.perf_counter() - t_start,

@@ -19,10 +19,13 @@ re-splitting, no filtering and no prefix augmentation** (``SequentialDataset._ch
   the events strictly before the target time, the most recent 300, oldest first, exactly the list lsdata's
   trainers read. ``cate`` reaches the models through the item file (in lsdata the category is a function of
   the item), which is how RecBole's ``ContextSeqEmbLayer`` embeds history and candidate (item + category).
-  ``neg_item_id_list`` is what RecBole's ``DIENDataset`` would otherwise build during prefix augmentation
-  (one uniform item per history position, != the item at that position, drawn once at load time); with
-  benchmark files RecBole cannot build it, so it is drawn here, once, by the same rule (seeded).
-  DIN ignores the column.
+  ``neg_item_id_list`` (DIEN's auxiliary-loss negatives, one per history position) is what RecBole's
+  ``DIENDataset`` would otherwise build during prefix augmentation; with benchmark files RecBole cannot build
+  it, so it comes from here: if ``layouts/mimn`` exists with the same history width (``lsdata layout D mimn
+  --hist 300``), its ``neg_item`` - the very negatives lsdata's DIEN uses with ``--layout mimn --set
+  aux_weight=1`` (uniform items never in the sample's shown history); otherwise drawn here once by RecBole's
+  own rule (uniform, != the item at that position, seeded). ``meta.json: dien_negatives`` says which. DIN
+  ignores the column.
 
 ``OUT/lsdata_seq/`` - GRU4Rec, Caser (next-item models, loss CE over all items)::
 
@@ -40,10 +43,11 @@ re-splitting, no filtering and no prefix augmentation** (``SequentialDataset._ch
     the true next item, which the labelled sample does not (a small information advantage for RecBole).
   * ``positives``: only the label-1 train samples (history -> candidate): strictly the lsdata information,
     but half the rows per epoch.
-  * ``prefixes``: RecBole's usual setting: every event of a train user's history (and the target) becomes a
-    next-item row whose history is the user's events strictly before it (most recent 300): what RecBole's
-    own ``data_augmentation`` does from a plain ``.inter``, but with lsdata's strict-time rule. Many more rows
-    per epoch (about the mean history length times more): not comparable per epoch; for reference only.
+  * ``prefixes``: RecBole's usual setting: every event of a train user's sequence up to and including the
+    train target becomes a next-item row whose history is the user's events strictly before it (most recent
+    300; rows with no earlier event are left out): what RecBole's own ``data_augmentation`` does from a plain
+    ``.inter``, but with lsdata's strict-time rule and only train users. Many more rows per epoch (about the
+    mean history length times more): not comparable per epoch; for reference only.
 
 Why pre-built lists and not a plain ``.inter`` of events: RecBole's ``data_augmentation`` turns every
 prefix of each user's interaction list (sorted by user, time; ties in file order) into a sample, truncated to
@@ -100,11 +104,11 @@ def prefix_rows(root: Path, train: pl.DataFrame, width: int) -> pl.DataFrame:
     """RecBole-style augmentation of train users' histories + target, with the strict-time history rule."""
     parts = sorted((root / "sequences").glob("part-*.parquet"))
     seq = pl.concat([pl.read_parquet(p, columns=["user", "item", "ts"]) for p in parts])
-    t = train.select("user", "ts", "hist_end_all").join(seq, on="user", how="inner")
+    t = train.select("user", "target_pos").join(seq, on="user", how="inner")
     rows_u, rows_i, rows_h = [], [], []
-    for user, tts, n_hist, items, ts in t.iter_rows():
-        items = np.asarray(items[: n_hist + 1])  # history events + the target event itself
-        ts = np.asarray(ts[: n_hist + 1])
+    for user, target_pos, items, ts in t.iter_rows():
+        items = np.asarray(items[: target_pos + 1])  # every event up to and including the train target
+        ts = np.asarray(ts[: target_pos + 1])
         ends = np.searchsorted(ts, ts, side="left")  # events strictly before each event's time
         for j in range(len(items)):
             if ends[j] == 0:
@@ -116,6 +120,22 @@ def prefix_rows(root: Path, train: pl.DataFrame, width: int) -> pl.DataFrame:
         {"user": rows_u, "item": rows_i, "hist": rows_h, "label": [1] * len(rows_u)},
         schema={"user": pl.Int32, "item": pl.Int32, "hist": pl.List(pl.Int32), "label": pl.Int8},
     )
+
+
+def mimn_negatives(root: Path, split: str, df: pl.DataFrame) -> pl.Series | None:
+    """The mimn layout's per-position negatives for ``df``'s rows (None if absent or of another width)."""
+    p = root / "layouts" / "mimn" / f"{split}.parquet"
+    if not p.exists():
+        return None
+    m = pl.read_parquet(p, columns=["user", "ts", "neg_item", "hist_len"])
+    if m.schema["neg_item"].size != int(df["width"][0]) if df.height else True:
+        return None
+    # front-padded like hpmn: the real negatives are the last hist_len positions, aligned with the history
+    m = m.select("user", "ts", pl.col("neg_item").arr.to_list().list.tail(pl.col("hist_len")).alias("neg"), "hist_len")
+    j = df.select("user", "ts", "hist_len").join(m, on=["user", "ts"], how="left", maintain_order="left")
+    if j["neg"].null_count() or (j["hist_len"] != j["hist_len_right"]).any():
+        raise SystemExit(f"layouts/mimn/{split}.parquet does not match the plain/hpmn layout's samples")
+    return j["neg"]
 
 
 def draw_negatives(hist: pl.Series, n_items: int, seed: int) -> pl.Series:
@@ -191,7 +211,9 @@ def convert(root: Path, out: Path, seq_train: str = "targets", seed: int = 2020)
         )
         if bad.height:
             raise SystemExit(f"{split}: layout and samples.parquet disagree on {bad.height} rows:\n{bad.head()}")
-        df = df.with_columns(draw_negatives(df["hist"], n_items, seed + i).alias("neg"))
+        neg = mimn_negatives(root, split, df)
+        meta["dien_negatives"] = "layouts/mimn neg_item" if neg is not None else "drawn (RecBole SeqSampler rule)"
+        df = df.with_columns((neg if neg is not None else draw_negatives(df["hist"], n_items, seed + i)).alias("neg"))
         write_inter(df, ctr_dir / f"lsdata_ctr.{split}.inter", neg=True)
         if split == "train":
             if seq_train == "targets":
@@ -202,7 +224,7 @@ def convert(root: Path, out: Path, seq_train: str = "targets", seed: int = 2020)
             elif seq_train == "positives":
                 seq_df = df.filter(pl.col("label") == 1)
             elif seq_train == "prefixes":
-                seq_df = prefix_rows(root, s.select("user", "ts", pl.col("hist_end").alias("hist_end_all")), width)
+                seq_df = prefix_rows(root, s.select("user", "target_pos"), width)
             else:
                 raise SystemExit(f"unknown --seq-train {seq_train!r}")
         else:
