@@ -45,7 +45,6 @@ import os
 import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -91,9 +90,13 @@ NOTES = [
     "RecBole GRU4Rec runs the GRU over all 300 padded positions (no packing); DIEN over the real steps.",
     ("A few train samples have an empty history (every earlier event shares the target's second): RecBole's "
     "GRU4Rec and DIEN fail on length 0, so those get length 1 over the padding item (run_recbole.py)."),
-    ("s/epoch = median training wall time of an epoch (batches incl. data loading; validation excluded); both "
-    "sides on the same machine, one after the other, same torch thread count. The load average is recorded "
-    "next to each run: the machine may be shared."),
+    ("s/epoch = training wall time of the fastest of the epochs (batches incl. data loading; validation "
+    "excluded), both sides on the same machine, one after the other, same torch thread count. The fastest epoch "
+    "is the least load-distorted estimate when the machine is shared; every epoch's time and the load average "
+    "at the start of each training are in the JSON."),
+    ("RecBole 1.2.1 switches on torch anomaly detection when its model zoo is imported "
+    "(`recbole/model/sequential_recommender/sine.py`), which slows every RecBole model; run_recbole.py switches "
+    "it off again (`--recbole-anomaly-mode` keeps it, as plain `run_recbole` would)."),
 ]
 
 
@@ -136,8 +139,8 @@ def build_dataset(work: Path, rows: int, seed: int) -> Path:
     return data
 
 
-def median(xs: list[float]) -> float | None:
-    return float(statistics.median(xs)) if xs else None
+def fastest(xs: list[float]) -> float | None:
+    return float(min(xs)) if xs else None
 
 
 def run_lsdata(model: str, data: Path, out: Path, a) -> dict:
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="RecBole GRU4Rec/Caser training rows (convert.py)")
     ap.add_argument("--lsdata-params", default="matched", choices=["matched", "defaults"],
                     help="lsdata model knobs: matched to RecBole's architectures (matched()) or lsdata's reference defaults")
+    ap.add_argument("--recbole-anomaly-mode", action="store_true",
+                    help="leave torch anomaly detection on in RecBole (RecBole 1.2.1 turns it on at import)")
     ap.add_argument("--recbole-python", default="/tmp/venv-recbole/bin/python", help="python of the RecBole venv")
     ap.add_argument("--skip-recbole", nargs="*", metavar="MODEL", choices=list(PAIRS),
                     help="reuse these models' results from WORK/recbole.json (all models if none named)")
@@ -227,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                "--models", *[PAIRS[m] for m in todo(a.skip_recbole)]]
         if a.threads:
             cmd += ["--threads", str(a.threads)]
+        if a.recbole_anomaly_mode:
+            cmd += ["--anomaly-mode"]
         sh(cmd, log=a.work / "recbole.log", check=False)
         if new_json.exists():  # merge per model: earlier results of other models stay
             new = json.loads(new_json.read_text())
@@ -246,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             "model": PAIRS[m],
             "recbole_auc": (r.get("test") or {}).get("auc"), "lsdata_auc": (l_.get("test") or {}).get("auc"),
             "recbole_logloss": (r.get("test") or {}).get("logloss"), "lsdata_logloss": (l_.get("test") or {}).get("logloss"),
-            "recbole_s": median(r.get("epoch_seconds") or []), "lsdata_s": median(l_.get("epoch_seconds") or []),
+            "recbole_s": fastest(r.get("epoch_seconds") or []), "lsdata_s": fastest(l_.get("epoch_seconds") or []),
+            "recbole_epoch_seconds": r.get("epoch_seconds"), "lsdata_epoch_seconds": l_.get("epoch_seconds"),
             "recbole_error": r.get("error"), "lsdata_error": l_.get("error"),
         })
     meta = rb.get("meta") or (json.loads((rb_dir / "meta.json").read_text()) if (rb_dir / "meta.json").exists() else {})
@@ -258,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     print(md_table)
     errors = [f"{r['model']}: RecBole {r['recbole_error']}" for r in rows if r["recbole_error"]]
     errors += [f"{r['model']}: lsdata {r['lsdata_error']}" for r in rows if r["lsdata_error"]]
+    errors += [f"{PAIRS[m]}: RecBole stopped in {rb['models'][PAIRS[m]]['failed']} - scored its best finished epoch"
+               for m in a.models if (rb.get("models", {}).get(PAIRS[m]) or {}).get("failed")]
     for e in errors:
-        print("error:", e)
+        print("problem:", e)
 
     out = {"date": str(date.today()), "rows": a.rows if not a.data else None, "data": str(data), "samples": sets,
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "machine": mach,
@@ -297,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *[f"* {n}" for n in NOTES],
         "* `*` RecBole GRU4Rec/Caser logloss: sigmoid of an uncalibrated next-item score.",
-        *[f"* error: {e}" for e in errors],
+        *[f"* problem: {e}" for e in errors],
         "",
     ]
     a.markdown.write_text("\n".join(md))

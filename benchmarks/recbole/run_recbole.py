@@ -19,7 +19,9 @@ best epoch's weights in memory instead of RecBole's checkpoint file.
 ``Config`` / ``create_dataset`` / ``data_preparation`` / ``get_model`` / ``get_trainer`` (what
 ``run_recbole`` does, minus its checkpoint round trip) and then, per epoch: ``trainer._train_epoch`` (timed:
 this is the training wall time per epoch, data loading of the batches included, evaluation excluded), then the
-AUC on the lsdata **valid** samples; the weights of the best valid-AUC epoch are kept (RecBole's default
+AUC on the lsdata **valid** samples (``torch.autograd`` anomaly detection, which RecBole 1.2.1 switches on
+as a side effect of importing its model zoo - ``sequential_recommender/sine.py`` - is switched off again;
+``--anomaly-mode`` keeps it); the weights of the best valid-AUC epoch are kept (RecBole's default
 ``fit`` keeps the best ``valid_metric`` epoch too) and scored on the lsdata **test** samples: the candidate
 item given the history, ``model.predict``. AUC and logloss are computed here with the same code for all four
 models (numpy, ties averaged); for DIN and DIEN RecBole's own labelled evaluation (``eval_args.mode:
@@ -203,6 +205,7 @@ def score(model, loader, label_field: str, ctr: bool) -> tuple[np.ndarray, np.nd
 
 
 def run_model(model_name: str, data: Path, meta: dict, args) -> dict:
+    import torch
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_seed
@@ -237,12 +240,24 @@ def run_model(model_name: str, data: Path, meta: dict, args) -> dict:
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    # recbole/model/sequential_recommender/sine.py runs torch.autograd.set_detect_anomaly(True) at import, i.e.
+    # for every RecBole model (get_model imports all of them): every op then records a traceback and every
+    # backward checks for NaN. That is a debugging switch, not part of any model: off unless --anomaly-mode.
+    anomaly = torch.is_anomaly_enabled()
+    torch.autograd.set_detect_anomaly(args.anomaly_mode)
     n_params = sum(p.numel() for p in model.parameters())
     ctr = model_name in CTR
-    epochs, best = [], None
+    epochs, best, failed = [], None, None
     for epoch in range(args.epochs):
         t = time.perf_counter()
-        loss = trainer._train_epoch(train_data, epoch, show_progress=False)
+        try:
+            loss = trainer._train_epoch(train_data, epoch, show_progress=False)
+        except (RuntimeError, ValueError) as e:  # e.g. RecBole's "Training loss is nan": keep the finished epochs
+            if best is None:
+                raise
+            failed = f"epoch {epoch}: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            print(f"  {model_name} {failed}; scoring the best finished epoch", flush=True)
+            break
         dt = time.perf_counter() - t
         loss = float(sum(loss)) if isinstance(loss, tuple) else float(loss)
         t = time.perf_counter()
@@ -273,7 +288,10 @@ def run_model(model_name: str, data: Path, meta: dict, args) -> dict:
         "settings": {k: v for k, v in config.final_config_dict.items() if k in MODEL_PARAMS[model_name] or k in (
             "MAX_ITEM_LIST_LENGTH", "train_batch_size", "learning_rate", "learner", "weight_decay", "seed", "epochs")},
         "notes": notes,
+        "anomaly_mode": {"enabled_by_recbole_import": anomaly, "used": args.anomaly_mode},
     }
+    if failed:
+        res["failed"] = failed
     if not ctr:
         res["test"]["logloss_note"] = "sigmoid of RecBole's dot-product score (CE-trained next-item logit, not a calibrated CTR)"
     if ctr:
@@ -292,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=2020)
     ap.add_argument("--caser-len", type=int, default=50,
                     help="Caser window L: most recent L items (default 50 = RecBole's MAX_ITEM_LIST_LENGTH; 0 = all 300)")
+    ap.add_argument("--anomaly-mode", action="store_true",
+                    help="keep torch anomaly detection on, as RecBole 1.2.1 leaves it after importing its models")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default, the core count)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/recbole-work"), help="cwd for RecBole's log/ saved/ dirs")
     ap.add_argument("--json", type=Path, required=True, help="where to write the results JSON")
