@@ -53,6 +53,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LSDATA = [sys.executable, "-m", "lsdata.cli"]
+#: `lsdata` with torch's oneDNN (mkldnn) backend off, for --no-mkldnn (typer reads sys.argv[1:])
+NO_MKLDNN = "import torch; torch.backends.mkldnn.enabled = False; from lsdata.cli import app; app()"
 PAIRS = {"din": "DIN", "dien": "DIEN", "gru4rec": "GRU4Rec", "caser": "Caser"}
 
 
@@ -94,6 +96,9 @@ NOTES = [
     "excluded), both sides on the same machine, one after the other, same torch thread count. The fastest epoch "
     "is the least load-distorted estimate when the machine is shared; every epoch's time and the load average "
     "at the start of each training are in the JSON."),
+    ("torch's oneDNN (mkldnn) backend is off on both sides (`--mkldnn` keeps it): on this torch 2.13 CPU build "
+    "its conv backward returned NaN in RecBole's Caser (`Training loss is nan`) and segfaulted in lsdata's Caser "
+    "for some filter heights."),
     ("RecBole 1.2.1 switches on torch anomaly detection when its model zoo is imported "
     "(`recbole/model/sequential_recommender/sine.py`), which slows every RecBole model; run_recbole.py switches "
     "it off again (`--recbole-anomaly-mode` keeps it, as plain `run_recbole` would)."),
@@ -145,7 +150,8 @@ def fastest(xs: list[float]) -> float | None:
 
 def run_lsdata(model: str, data: Path, out: Path, a) -> dict:
     extra, params = matched(model, a.caser_len or 300) if a.lsdata_params == "matched" else ([], {})
-    cmd = LSDATA + ["train", model, str(data), "--out", str(out), "--epochs", str(a.epochs), "--device", "cpu",
+    base = LSDATA if not a.no_mkldnn else [sys.executable, "-c", NO_MKLDNN]
+    cmd = base + ["train", model, str(data), "--out", str(out), "--epochs", str(a.epochs), "--device", "cpu",
                     "--batch-size", str(a.batch_size), "--lr", str(a.lr), "--patience", str(max(a.epochs, 2))] + extra
     if a.threads:
         cmd += ["--threads", str(a.threads)]
@@ -199,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="RecBole GRU4Rec/Caser training rows (convert.py)")
     ap.add_argument("--lsdata-params", default="matched", choices=["matched", "defaults"],
                     help="lsdata model knobs: matched to RecBole's architectures (matched()) or lsdata's reference defaults")
+    ap.add_argument("--mkldnn", dest="no_mkldnn", action="store_false",
+                    help="keep torch's oneDNN (mkldnn) backend on; by default it is off on both sides: with it, conv "
+                         "backward gave NaN (RecBole Caser) and segfaults (lsdata Caser) on the torch 2.13 CPU build")
     ap.add_argument("--recbole-anomaly-mode", action="store_true",
                     help="leave torch anomaly detection on in RecBole (RecBole 1.2.1 turns it on at import)")
     ap.add_argument("--recbole-python", default="/tmp/venv-recbole/bin/python", help="python of the RecBole venv")
@@ -234,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--threads", str(a.threads)]
         if a.recbole_anomaly_mode:
             cmd += ["--anomaly-mode"]
+        if a.no_mkldnn:
+            cmd += ["--no-mkldnn"]
         sh(cmd, log=a.work / "recbole.log", check=False)
         if new_json.exists():  # merge per model: earlier results of other models stay
             new = json.loads(new_json.read_text())
@@ -277,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     a.results.parent.mkdir(parents=True, exist_ok=True)
     a.results.write_text(json.dumps(out, indent=2, default=str) + "\n")
 
-    settings = (f"{a.epochs} epochs, batch {a.batch_size}, Adam lr {a.lr}, CPU, torch threads "
+    settings = (f"{a.epochs} epochs, batch {a.batch_size}, Adam lr {a.lr}, CPU{' (oneDNN off)' if a.no_mkldnn else ''}, torch threads "
                 f"{a.threads or mach.get('torch_threads', 'default')}, lsdata params `{a.lsdata_params}`, RecBole "
                 f"GRU4Rec/Caser training rows `{a.seq_train}`, Caser window {a.caser_len or 300} (most recent items)")
     md = [

@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Caser window L: most recent L items (default 50 = RecBole's MAX_ITEM_LIST_LENGTH; 0 = all 300)")
     ap.add_argument("--anomaly-mode", action="store_true",
                     help="keep torch anomaly detection on, as RecBole 1.2.1 leaves it after importing its models")
+    ap.add_argument("--no-mkldnn", action="store_true",
+                    help="torch.backends.mkldnn.enabled = False (oneDNN conv backward gave NaN / crashes here, see notes)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default, the core count)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/recbole-work"), help="cwd for RecBole's log/ saved/ dirs")
     ap.add_argument("--json", type=Path, required=True, help="where to write the results JSON")
@@ -321,12 +323,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_mkldnn:
+        torch.backends.mkldnn.enabled = False
     logging.getLogger().setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)  # pandas chained-assignment / torch.cuda.amp notices
     meta = json.loads((args.data / "meta.json").read_text())
     args.work.mkdir(parents=True, exist_ok=True)
     os.chdir(args.work)  # RecBole writes log_tensorboard/ and saved/ into the cwd
-    out = {"machine": machine(), "meta": meta, "epochs": args.epochs, "batch_size": args.batch_size, "models": {}}
+    out = {"machine": {**machine(), "mkldnn": torch.backends.mkldnn.enabled}, "meta": meta, "epochs": args.epochs, "batch_size": args.batch_size, "models": {}}
     for m in args.models:
         print(f"RecBole {m} ...", flush=True)
         load0 = os.getloadavg()
