@@ -342,3 +342,62 @@ def test_models_run_under_bf16_autocast(name, overrides):
         logit, extra = m(make_batch(lengths=[0, 3, L, 7]))
     (logit.float().sum() + extra.float()).backward()
     assert torch.isfinite(logit.float()).all() and torch.isfinite(extra)
+
+
+# ------------------------------------------------------------------- pooling, initialisation, head norm
+
+
+def repeat_history(batch: dict[str, torch.Tensor], half: int) -> dict[str, torch.Tensor]:
+    """Each row's last ``half`` events twice in a row (the sequence doubled), in a ``2 * half`` wide layout."""
+    out = dict(batch)
+    for k in ("hist_item", "hist_cate", "hist_behavior"):
+        out[k] = torch.cat([batch[k][:, -half:], batch[k][:, -half:]], dim=1)
+    out["hist_len"] = 2 * batch["hist_len"].clamp(max=half)
+    return out
+
+
+@pytest.mark.parametrize("name", ["dnn", "din", "mimn"])
+def test_mean_pooling_sees_a_doubled_history_like_the_original_and_sum_does_not(name):
+    spec = MIMN_SPEC if name == "mimn" else SPEC
+    batch = make_batch(b=4, lengths=[L, L, L, L])
+    doubled = repeat_history(batch, L)
+    for pooling, same in (("mean", True), ("sum", False)):
+        m = build(name, spec, pooling=pooling, dropout=0.0).eval()
+        pooled = {}
+
+        def grab(_mod, inp, _out, key):
+            pooled[key] = inp[0].detach()
+
+        for key, b in (("once", batch), ("twice", doubled)):
+            h = m.head.register_forward_hook(lambda mod, i, o, key=key: grab(mod, i, o, key))
+            with torch.no_grad():
+                m(b)
+            h.remove()
+        d = m.emb.dim
+        # the head input starts [e_a; pool_t e_t; ...]: compare the pooled block
+        close = torch.allclose(pooled["once"][:, d : 2 * d], pooled["twice"][:, d : 2 * d], atol=1e-6)
+        assert close == same, f"{name} pooling={pooling}"
+
+
+def test_glorot_embedding_init_is_bounded_by_the_shared_table_limit_and_pads_with_zeros():
+    m = build("dnn")
+    tables = [m.emb.item, m.emb.cate, m.emb.behavior]
+    rows = sum(t.num_embeddings for t in tables)
+    limit = (6.0 / (rows + m.p.emb_dim)) ** 0.5
+    for t in tables:
+        assert t.weight[1:].abs().max() <= limit and t.weight[1:].abs().max() > 0.5 * limit
+        assert not t.weight[0].any()
+    wide = build("dnn", emb_init="normal", emb_std=0.5)
+    w = wide.emb.item.weight.detach()
+    assert 0.4 < float(w[1:].std()) < 0.6 and not w[0].any()
+
+
+def test_head_norm_batch_uses_training_mode_batch_norm_and_affine_does_not():
+    m = build("din", head_norm="batch")
+    bns = [x for x in m.head.net if isinstance(x, torch.nn.BatchNorm1d)]
+    assert len(bns) == len(m.p.head)
+    batch = make_batch(b=8, lengths=[3, 5, 7, 9, 11, 13, 15, L])
+    m.train()
+    m(batch)
+    assert all(int(b.num_batches_tracked) == 1 for b in bns)
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in build("din").head.net)

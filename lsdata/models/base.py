@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -72,10 +72,24 @@ class ModelParams(BaseModel):
     hidden: int = Field(32, ge=1, description="RNN / memory hidden size (h)")
     head: tuple[int, ...] = Field((200, 80), description="hidden sizes of the prediction MLP")
     head_act: str = Field("tanh", description="head activation: tanh | relu | elu | prelu | sigmoid | dice")
+    pooling: Literal["mean", "sum"] = Field(
+        "mean", description="pooling of the history's embeddings where a model feeds it to its head (DNN, DIN, DIEN, "
+        "MIMN): mean (default, fixed on purpose) or sum (the reference repos). A sum grows with the history length, "
+        "and under a cut-time split test histories are longer than training ones (lifelong sequences grow), so "
+        "the head meets inputs out of its training range: DIN test AUC 0.56 (sum) vs 0.85 (mean) on the RecBole "
+        "comparison data (benchmarks/RESULTS.md)")
+    head_norm: Literal["affine", "batch"] = Field(
+        "affine", description="head normalisation: affine = the reference's inference-mode batch norm on the head "
+        "input (a learnable per-feature affine); batch = training-mode BatchNorm1d after each hidden Linear "
+        "(running statistics at evaluation), as RecBole's MLPLayers(bn=True)")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout after each head layer (reference keep 0.8)")
     use_cate: bool = Field(True, description="embed the category field")
     use_behavior: bool = Field(True, description="embed the behaviour-type field")
     append_target: bool = Field(False, description="feed the candidate as the last sequence step (reference behaviour)")
+    emb_init: Literal["glorot", "normal"] = Field(
+        "glorot", description="embedding init: glorot = the reference's TF default, Glorot-uniform as if all id "
+        "tables were one shared table (limit sqrt(6 / (ids + d)), tiny for large vocabularies); normal = N(0, emb_std)")
+    emb_std: float = Field(0.05, gt=0.0, description="standard deviation of emb_init=normal")
 
 
 class CTRModel(nn.Module):

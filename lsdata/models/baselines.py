@@ -25,6 +25,7 @@ from lsdata.models.blocks import (
     lstm_step,
     masked_softmax,
     masked_sum,
+    pool,
     run_rnn,
 )
 
@@ -36,36 +37,29 @@ def _where(valid: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(valid[:, None], new, old)
 
 
-class DNNParams(ModelParams):
-    pooling: str = Field("sum", pattern="^(sum|mean)$", description="sum (reference) or mean pooling of the history")
-
-
 @register
 class DNN(CTRModel):
     """Embedding&MLP (models.md §16): ``head([e_tgt; pool_t e_t])``.
 
-    Reproduced: sum pooling over the history only (HPMN's ``item_mask_1``), head Affine -> 200 tanh -> 80 tanh
-    with dropout 0.2. Fixed: no user-id embedding (see base). ``pooling=mean`` for very long histories.
+    Reproduced: pooling over the history only (HPMN's ``item_mask_1``), head Affine -> 200 tanh -> 80 tanh
+    with dropout 0.2. Fixed: no user-id embedding (see base); mean pooling by default (``pooling=sum`` is the
+    reference's; see ``ModelParams.pooling``).
     Incremental: the state is the running sum and count.
     """
 
     name = "dnn"
     layout = "hpmn"
-    Params = DNNParams
     train_defaults = HPMN_SUITE
     incremental = True
 
-    def __init__(self, spec: DataSpec, p: DNNParams):
+    def __init__(self, spec: DataSpec, p: ModelParams):
         super().__init__(spec, p)
         self.emb = BehaviorEmbedding(spec, p)
         self.head = Head(2 * self.emb.dim, p)
 
-    def _pool(self, s: Tensor, n: Tensor) -> Tensor:
-        return s / n.clamp(min=1)[:, None] if self.p.pooling == "mean" else s
-
     def forward(self, batch):
         x, mask, n, tgt = history(self.emb, batch, append_target=False)
-        return self.head(torch.cat([tgt, self._pool(masked_sum(x, mask), n.float())], -1)), zero(tgt)
+        return self.head(torch.cat([tgt, pool(masked_sum(x, mask), n, self.p.pooling)], -1)), zero(tgt)
 
     def init_state(self, batch_size):
         w = self.emb.item.weight
@@ -79,7 +73,7 @@ class DNN(CTRModel):
 
     def score(self, state, cand):
         s, n = state
-        return self.head(torch.cat([self.emb(cand["item"], cand["cate"], None), self._pool(s, n)], -1))
+        return self.head(torch.cat([self.emb(cand["item"], cand["cate"], None), pool(s, n, self.p.pooling)], -1))
 
 
 @register
@@ -315,8 +309,9 @@ class DIN(CTRModel):
 
     Reproduced (mouna99/dien ``Model_DIN``, MIMN repo ``Model_DIN``): ``s_t = MLP([e_a; e_t; e_a - e_t;
     e_a * e_t])`` 80-40 sigmoid, no query projection, masked softmax (``att_norm=none``: the paper's
-    unnormalised weights, padding zeroed); head input ``[e_a; sum_t e_t; e_a * sum_t e_t; att]`` ->
-    Affine -> 200 -> 80 with Dice (``head_act=prelu``: the MIMN repo), no dropout. Fixed: no user embedding
+    unnormalised weights, padding zeroed); head input ``[e_a; pool_t e_t; e_a * pool_t e_t; att]`` ->
+    Affine -> 200 -> 80 with Dice (``head_act=prelu``: the MIMN repo), no dropout. Fixed: mean pooling
+    (the repos sum; see ``ModelParams.pooling``); no user embedding
     (the DIEN repo's ``e_u``; see base); Dice uses running statistics at evaluation (the repo's uses batch
     statistics always). ``append_target`` does not apply: the candidate is the query, never a key.
     Not incremental: the attention re-reads the whole history for each candidate.
@@ -335,9 +330,9 @@ class DIN(CTRModel):
         self.head = Head(4 * d, p)
 
     def forward(self, batch):
-        x, mask, _, tgt = history(self.emb, batch, append_target=False)
-        s = masked_sum(x, mask)
+        x, mask, n, tgt = history(self.emb, batch, append_target=False)
         att, _ = self.att(tgt, x, mask)
+        s = pool(masked_sum(x, mask), n, self.p.pooling)
         return self.head(torch.cat([tgt, s, tgt * s, att], -1)), zero(tgt)
 
 
@@ -409,7 +404,7 @@ class DIEN(CTRModel):
     attention of the candidate over its outputs (query ``PReLU(W e_a)``, MLP 80-40, masked softmax); AUGRU
     (:func:`augru`) over the extractor outputs with those scores; head 200-80 tanh, dropout 0.2. With
     ``append_target=True`` the candidate is the last extractor step (among the keys) and the head sees the
-    final AUGRU state only (HPMN); by default the head gets ``[e_a; sum_t e_t; e_a * sum_t e_t; h'_T]`` (the
+    final AUGRU state only (HPMN); by default the head gets ``[e_a; pool_t e_t; e_a * pool_t e_t; h'_T]`` (the
     DIEN/MIMN repos' input without ``e_u``; ``head_act=dice`` / ``prelu`` for their activations).
     The AUGRU convention is a parameter (``augru``): the paper's by default - with softmax weights
     ``a_t ~ 1/L`` the official cell is almost a plain GRU (models.md §13 g). AUGRU weights use PyTorch's
@@ -458,7 +453,7 @@ class DIEN(CTRModel):
         if self.p.append_target:
             logit = self.head(hn)
         else:
-            sm = masked_sum(x, mask)
+            sm = pool(masked_sum(x, mask), n, self.p.pooling)
             logit = self.head(torch.cat([tgt, sm, tgt * sm, hn], -1))
         extra = zero(hn)
         if self.aux is not None and self.training:

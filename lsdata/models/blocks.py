@@ -24,6 +24,27 @@ def front_mask(lengths: Tensor, width: int) -> Tensor:
     return t[None, :] >= (width - lengths.clamp(max=width))[:, None]
 
 
+def init_embeddings(tables: list[nn.Embedding], p: ModelParams) -> None:
+    """Initialise id tables per ``p.emb_init``; row 0 (padding) is set to zeros.
+
+    ``glorot`` reproduces the reference repos, which keep every id field in one shared TF table initialised
+    with ``get_variable``'s default Glorot-uniform: ``U(-a, a)``, ``a = sqrt(6 / (total ids + d))``. The small
+    scale matters: with Adam each step moves a weight by about ``lr``, so a few hundred steps outgrow the
+    initial noise, while N(0, 0.05) keeps unseen-direction noise dominant for much longer (measured in
+    ``benchmarks/RESULTS.md``, RecBole section).
+    """
+    with torch.no_grad():
+        if p.emb_init == "glorot":
+            a = math.sqrt(6.0 / (sum(t.num_embeddings for t in tables) + p.emb_dim))
+            for t in tables:
+                t.weight.uniform_(-a, a)
+        else:
+            for t in tables:
+                t.weight.normal_(0.0, p.emb_std)
+        for t in tables:
+            t.weight[0] = 0
+
+
 class BehaviorEmbedding(nn.Module):
     """``e = [E_item[item]; E_cate[cate]; E_behavior[behavior]]``; id 0 embeds to zeros.
 
@@ -36,20 +57,17 @@ class BehaviorEmbedding(nn.Module):
         init = spec.item_init
         d_item = init.shape[1] if init is not None else d
         self.item = nn.Embedding(spec.n_items + 1, d_item, padding_idx=0)
-        nn.init.normal_(self.item.weight, std=0.05)
-        if init is not None:
-            with torch.no_grad():
-                self.item.weight.copy_(torch.as_tensor(init[: spec.n_items + 1], dtype=torch.float32))
-        self.item.weight.data[0] = 0
         self.cate = self.behavior = None
         if p.use_cate and spec.n_cates > 0:
             self.cate = nn.Embedding(spec.n_cates + 1, d, padding_idx=0)
-            nn.init.normal_(self.cate.weight, std=0.05)
-            self.cate.weight.data[0] = 0
         if p.use_behavior:
             self.behavior = nn.Embedding(N_BEHAVIOR_IDS, d, padding_idx=0)
-            nn.init.normal_(self.behavior.weight, std=0.05)
-            self.behavior.weight.data[0] = 0
+        tables = [t for t in (self.item, self.cate, self.behavior) if t is not None]
+        init_embeddings(tables, p)
+        if init is not None:
+            with torch.no_grad():
+                self.item.weight.copy_(torch.as_tensor(init[: spec.n_items + 1], dtype=torch.float32))
+                self.item.weight[0] = 0
         self.dim = d_item + d * ((self.cate is not None) + (self.behavior is not None))
 
     def forward(self, item: Tensor, cate: Tensor, behavior: Tensor | None) -> Tensor:
@@ -91,6 +109,12 @@ def history(emb: BehaviorEmbedding, batch: dict[str, Tensor], append_target: boo
 
 def masked_sum(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask[..., None]).sum(1)
+
+
+def pool(total: Tensor, count: Tensor, how: str) -> Tensor:
+    """A pooled history from its running ``total`` ``[B, D]`` and event ``count`` ``[B]``: ``sum`` or ``mean``
+    (an empty history pools to zeros). Taking the running pair keeps the incremental state exact."""
+    return total / count.clamp(min=1).to(total.dtype)[:, None] if how == "mean" else total
 
 
 def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
@@ -189,14 +213,19 @@ class Affine(nn.Module):
 
 
 class Head(nn.Module):
-    """Affine -> [Linear -> act -> Dropout] per hidden size -> Linear 1 (the logit)."""
+    """Affine -> [Linear -> act -> Dropout] per hidden size -> Linear 1 (the logit).
+
+    ``head_norm=batch``: no Affine; [Linear -> BatchNorm1d -> act -> Dropout] (training-mode batch norm).
+    """
 
     def __init__(self, in_dim: int, p: ModelParams, act: str | None = None):
         super().__init__()
-        layers: list[nn.Module] = [Affine(in_dim)]
+        batch = p.head_norm == "batch"
+        layers: list[nn.Module] = [] if batch else [Affine(in_dim)]
         d = in_dim
         for h in p.head:
-            layers += [nn.Linear(d, h), activation(act or p.head_act, h), nn.Dropout(p.dropout)]
+            layers += [nn.Linear(d, h), *([nn.BatchNorm1d(h)] if batch else []), activation(act or p.head_act, h),
+                       nn.Dropout(p.dropout)]
             d = h
         layers.append(nn.Linear(d, 1))
         self.net = nn.Sequential(*layers)

@@ -17,7 +17,17 @@ from torch import Tensor, nn
 
 from lsdata.models import register
 from lsdata.models.base import CTRModel, DataSpec, ModelParams
-from lsdata.models.blocks import Affine, BehaviorEmbedding, DINAttention, Head, gru_step, history, masked_sum, run_rnn
+from lsdata.models.blocks import (
+    Affine,
+    BehaviorEmbedding,
+    DINAttention,
+    Head,
+    gru_step,
+    history,
+    masked_sum,
+    pool,
+    run_rnn,
+)
 
 
 def slot_attention(dim: int, act: str) -> DINAttention:
@@ -267,6 +277,7 @@ class MIMNState(NamedTuple):
     add_sum: Tensor  #: accumulated written content sum_t w_t (x) a_t [B, m, D]
     miu: Tensor | None  #: MIU channel states S [B, m, D]
     esum: Tensor  #: sum of the event embeddings [B, D]
+    count: Tensor  #: number of events folded in [B]
 
 
 class MIMNParams(ModelParams):
@@ -315,7 +326,7 @@ class MIMN(CTRModel):
        ``S_i <- GRU_MIU([e_t; stopgrad(M_i)], S_i)`` (one GRU, hidden ``D``, shared by the channels).
 
     Target read: one more controller + read step with ``e_a`` on the final state, **not written back**
-    -> ``read_out = clip(W_o [c; r], +-20)``. Head ``[e_a; sum_t e_t; read_out; DIN-att(e_a, S); mean_i
+    -> ``read_out = clip(W_o [c; r], +-20)``. Head ``[e_a; pool_t e_t; read_out; DIN-att(e_a, S); mean_i
     S_add,i * e_a]`` -> Affine -> 200 PReLU -> 80 PReLU -> 1. Extra loss: ``util_weight *``
     :func:`utilisation_loss` ``(g_T)`` (when ``util_reg != none``) ``+ aux_weight * L_aux``, where
     ``L_aux`` is DIEN's next-behaviour loss on the per-step outputs ``y_t = clip(W_o [c_t; r_t])``:
@@ -326,7 +337,8 @@ class MIMN(CTRModel):
     initialised ``tanh(N(0, 1e-5))`` (fixed buffer), learned initial read vector ``tanh(r_0)``, head
     parameters and outputs clipped to +-20, ``S_add`` / ``mean_mem``, the extra target step, the head
     (no dropout), lr 1e-3, batch 256 (Taobao script; Book used 128: ``--batch-size 128``), no gradient
-    clipping, utilisation loss weight 1e-3.
+    clipping, utilisation loss weight 1e-3. Fixed: the head's pooled history is a mean (the code sums; see
+    ``ModelParams.pooling``).
 
     Paper vs code (protocol.md Q-M9, Q-M10; default = paper, the parameter selects the code):
 
@@ -451,7 +463,8 @@ class MIMN(CTRModel):
             new = self.miu_cell(xm[:, None], src.gather(1, top), cur)
             miu = miu.scatter(1, top, torch.where(valid[:, None, None], new, cur))
         v = valid[:, None]
-        state = MIMNState(torch.where(v, c, s.ctrl), mem, torch.where(v, r, s.read), util, add_sum, miu, s.esum)
+        state = MIMNState(torch.where(v, c, s.ctrl), mem, torch.where(v, r, s.read), util, add_sum, miu,
+                          s.esum, s.count)
         return state, c, r
 
     def target_read(self, s: MIMNState, e_a: Tensor) -> tuple[Tensor, Tensor]:
@@ -464,7 +477,7 @@ class MIMN(CTRModel):
 
     def readout(self, s: MIMNState, e_a: Tensor) -> Tensor:
         read_out, _ = self.target_read(s, e_a)
-        parts = [e_a, s.esum, read_out]
+        parts = [e_a, pool(s.esum, s.count, self.p.pooling), read_out]
         if self.miu_att is not None:
             parts.append(self.miu_att(e_a, s.miu, None)[0])
         parts.append(s.add_sum.mean(1) * e_a)
@@ -488,7 +501,7 @@ class MIMN(CTRModel):
             if self.aux is not None:
                 outs_c.append(c)
                 outs_r.append(r)
-        s = s._replace(esum=masked_sum(x, mask))
+        s = s._replace(esum=masked_sum(x, mask), count=mask.sum(1))
         extra = tgt.new_zeros(())
         if self.p.util_reg != "none":
             extra = extra + self.p.util_weight * utilisation_loss(s.util)
@@ -523,13 +536,14 @@ class MIMN(CTRModel):
         zeros = torch.zeros(batch_size, m, d, device=dev)
         return MIMNState(torch.zeros(batch_size, self.p.hidden, device=dev), self.mem0.expand(batch_size, m, d),
                          torch.tanh(self.read0).expand(batch_size, d), torch.zeros(batch_size, m, device=dev),
-                         zeros, zeros if self.miu_cell is not None else None, torch.zeros(batch_size, d, device=dev))
+                         zeros, zeros if self.miu_cell is not None else None, torch.zeros(batch_size, d, device=dev),
+                         torch.zeros(batch_size, dtype=torch.long, device=dev))
 
     def fold(self, s: MIMNState, e: Tensor, valid: Tensor) -> MIMNState:
         """One event embedding ``e`` ``[B, D]`` (rows with ``valid`` False untouched)."""
         xc, xm = self._project(e)
         s, _, _ = self.step(s, xc, xm, valid, valid[:, None].to(e.dtype))
-        return s._replace(esum=s.esum + e * valid[:, None])
+        return s._replace(esum=s.esum + e * valid[:, None], count=s.count + valid)
 
     def update(self, state, event):
         e = self.emb(event["item"], event["cate"], event["behavior"])
