@@ -475,6 +475,41 @@ def models_() -> None:
 
 
 @app.command()
+def retrieve(
+    data: Annotated[Path, typer.Argument(help="Dataset directory (after ingest; any version).")],
+    requests: Annotated[Path, typer.Argument(help="Parquet (or .csv) table of requests: user, ts (unix seconds or datetime), "
+                                                  "optional item (candidate), cate, label.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write (one row per request, in request order).")],
+    layout_name: Annotated[str, typer.Option("--layout", help=f"Layout of the rows: {', '.join(LAYOUTS)}.")] = "hpmn",
+    as_of_version: Annotated[Optional[int], typer.Option(help="Read the dataset as of this version (1 = the ingest; default the latest).")] = None,
+    raw_ids: Annotated[bool, typer.Option(help="user/item are raw ids (mapped through the vocabulary; unknown ones get an empty "
+                                               "history/item side) instead of dense 1-based ids.")] = False,
+    hist: Annotated[Optional[int], typer.Option(help="History width; default the built layout's (layouts/NAME/report.json), else the preset.")] = None,
+    side: Annotated[Optional[int], typer.Option(help="Item-side width; default as --hist.")] = None,
+    short: Annotated[Optional[int], typer.Option(help="shan: short (recent) part of the history.")] = None,
+    side_short: Annotated[Optional[int], typer.Option(help="shan: short part of the item side.")] = None,
+    batch: Annotated[int, typer.Option(help="Requests per chunk (memory ~ batch x 9 x hist bytes).")] = 1 << 16,
+    seed: Annotated[Optional[int], typer.Option(help="mimn: seed of the negative history (default: the split's seed).")] = None,
+) -> None:
+    """Point-in-time retrieval: for each request, the user's history strictly before ts (events in the same second
+    excluded, as in the layouts) and the candidate's item side, in a layout's columns. A request equal to a built
+    sample returns exactly that sample's layout row."""
+    from lsdata import retrieve as retrieve_mod
+    from lsdata.dataset import open_dataset
+
+    with _errors():
+        if layout_name not in LAYOUTS:
+            raise InputError(f"--layout {layout_name!r}: choose from {', '.join(LAYOUTS)}")
+        ds = open_dataset(data, as_of_version)
+        ov = dict(hist=hist, side=side, short=short, side_short=side_short)
+        t0 = time.perf_counter()
+        r = retrieve_mod.retrieve_to_file(ds, requests, layout_name, out, ov, raw_ids=raw_ids, batch=batch, seed=seed)
+    unknown = f"; unknown users {r.unknown_users:,}, items {r.unknown_items:,}" if raw_ids else ""
+    console.print(f"retrieved {r.rows:,} rows ({r.layout} {r.widths}, version {r.version}; {r.empty_history:,} with an empty "
+                  f"history{unknown}) -> {out} ({_since(t0)})")
+
+
+@app.command()
 def version() -> None:
     """Print the lsdata version."""
     print(__version__)

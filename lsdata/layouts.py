@@ -193,7 +193,7 @@ def side_windows(ds: Dataset, samples: pl.DataFrame, width: int) -> Ranges:
         sel = np.flatnonzero(item % len(parts) == q)
         if sel.size == 0:
             continue
-        ev = pl.read_parquet(p)
+        ev = ds.read("item_events", p)
         key = (ev["item"].to_numpy().astype(np.int64) << 32) | ev["ts"].to_numpy()
         first = np.searchsorted(key, item[sel] << 32, side="left")
         stop = np.searchsorted(key, (item[sel] << 32) | ts[sel], side="left")  # strictly before ts
@@ -232,7 +232,7 @@ def build(
     with staging_dir(ds.root, "layouts") as tmp:
         writers = {n: LayoutWriter(tmp, n, w) for n, w in lengths.items()}
         for part_no, p in enumerate(ds.parts("sequences")):
-            seq = pl.read_parquet(p, columns=["user", "item", "cate", "behavior"])
+            seq = ds.read("sequences", p, ["user", "item", "cate", "behavior"])
             users = seq["user"].to_numpy()
             pos = np.searchsorted(users, sample_users)
             sel = np.flatnonzero((pos < users.size) & (users[np.minimum(pos, users.size - 1)] == sample_users))

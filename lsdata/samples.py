@@ -41,7 +41,7 @@ def flat_list(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 
 def item_categories(ds: Dataset) -> np.ndarray:
     """``lut[item_id] = cate_id`` (index 0 = padding -> 0)."""
-    v = pl.read_parquet(ds.root / "vocab" / "item.parquet", columns=["id", "cate"])
+    v = pl.read_parquet(ds.vocab_path("item"), columns=["id", "cate"])
     lut = np.zeros(v.height + 1, dtype=np.int32)
     lut[v["id"].to_numpy()] = v["cate"].to_numpy()
     return lut
@@ -56,15 +56,24 @@ def locate_targets(seq: pl.DataFrame, targets: pl.DataFrame) -> pl.DataFrame:
     row = np.searchsorted(users, targets["user"].to_numpy())
     pos = off[row] + targets["target_pos"].to_numpy()
     tts = ts[pos]
-    lengths = np.diff(off)
-    key = (np.repeat(np.arange(users.size, dtype=np.int64), lengths) << 32) | ts.astype(np.int64)
-    hist_end = np.searchsorted(key, (row.astype(np.int64) << 32) | tts, side="left") - off[row]
+    hist_end = ends_before(ts, off, row, tts) - off[row]
     return targets.with_columns(
         pl.Series("ts", tts, dtype=pl.Int64),
         pl.Series("true_item", items[pos], dtype=pl.Int32),
         pl.Series("true_cate", cates[pos], dtype=pl.Int32),
         pl.Series("hist_end", hist_end, dtype=pl.Int32),
     )
+
+
+def ends_before(ts: np.ndarray, off: np.ndarray, row: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Flat end position of the events of sequence ``row[k]`` with ``ts < t[k]`` (strictly before; O(log n) each).
+
+    ``ts``/``off`` are a list column's flat values and offsets, each row's values non-decreasing; ``t`` is
+    clipped to [0, 2^32 - 1], which is exact for event times in [MIN_TS, MAX_TS].
+    """
+    key = (np.repeat(np.arange(off.size - 1, dtype=np.int64), np.diff(off)) << 32) | ts.astype(np.int64)
+    t = np.clip(np.asarray(t, dtype=np.int64), 0, (1 << 32) - 1)
+    return np.searchsorted(key, (np.asarray(row, dtype=np.int64) << 32) | t, side="left")
 
 
 def draw_labels(n: int, true_item: np.ndarray, n_items: int, neg_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,15 +92,13 @@ def build(ds: Dataset, opts: SplitOptions, progress: Callable[[int], None] | Non
     if ds.name == "xlong":
         raise InputError(f"{ds.root}: XLong arrives pre-split; its samples were written by ingest")
     parts = ds.parts("sequences")
-    users = (
-        pl.scan_parquet([str(p) for p in parts])
-        .select("user", "length", pl.col("ts").list.last().alias("last_ts"))
-        .collect()
+    users = pl.concat(
+        [ds.read("sequences", p, ["user", "length", "ts"]).select("user", "length", pl.col("ts").list.last().alias("last_ts")) for p in parts]
     )
     targets, info = split_rule.assign(users, opts)
     located = []
     for p in parts:
-        seq = pl.read_parquet(p, columns=["user", "item", "cate", "ts"])
+        seq = ds.read("sequences", p, ["user", "item", "cate", "ts"])
         t = targets.join(seq.select("user"), on="user", how="semi")
         if t.height:
             located.append(locate_targets(seq, t))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args, get_origin
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from lsdata import __version__
 
@@ -308,6 +308,49 @@ class LayoutReport(BaseModel):
     files: dict[str, str] = Field(default_factory=dict, description="file -> sha256")
 
 
+class VersionInfo(BaseModel):
+    """One appended version (an entry of ``versions.json``); version 1 is the ingest (``manifest.json``)."""
+
+    version: int = Field(description="2, 3, ...: the number --as-of-version takes")
+    parent: int = Field(description="the version this one was appended to")
+    sources: list[SourceFile] = Field(description="the appended raw files (lineage; a file whose sha256 is here is refused)")
+    events_added: int
+    users_touched: int = Field(description="users with new events (their sequences were rewritten)")
+    users_new: int
+    items_new: int
+    cates_new: int
+    quarantined: int
+    events: int = Field(description="events in the dataset as of this version")
+    users: int
+    items: int
+    cates: int
+    ts_min: int | None
+    ts_max: int | None
+    files: dict[str, str] = Field(default_factory=dict, description="path relative to the dataset -> sha256")
+
+
+class VersionLog(BaseModel):
+    """``versions.json``: the published appended versions, oldest first; rewritten atomically (commit point)."""
+
+    lsdata_version: str = __version__
+    versions: list[VersionInfo]
+
+
+def _retrieved(row: type[Row]) -> type[Row]:
+    """A layout's row model for point-in-time retrieval: the request's index first, label nullable."""
+    fields: dict = {"request": (I64("0-based row of the request in the requests file"), ...)}
+    for k, info in row.model_fields.items():
+        if k == "label":
+            fields[k] = (_col(int | None, Arrow(pa.int8(), nullable=True), "the request's label if it carried one, else null"), None)
+        else:
+            fields[k] = (info.annotation, info)
+    doc = f"``lsdata retrieve --layout {row.__name__.removesuffix('LayoutRow').lower()}``: one row per request, the " \
+          "layout's columns computed from events strictly before the request's ts."
+    return create_model(f"Retrieved{row.__name__}", __base__=Row, __doc__=doc, **fields)
+
+
+RETRIEVED_ROWS: dict[str, type[Row]] = {k: _retrieved(v) for k, v in LAYOUT_ROWS.items()}
+
 TABLES: dict[str, type[Row]] = {
     "events": EventRow,
     "vocab": VocabRow,
@@ -318,11 +361,13 @@ TABLES: dict[str, type[Row]] = {
     "samples": SampleRow,
     "xlong_samples": XLongSampleRow,
     **{f"layout_{k}": v for k, v in LAYOUT_ROWS.items()},
+    **{f"retrieved_{k}": v for k, v in RETRIEVED_ROWS.items()},
 }
 DOCUMENTS: dict[str, type[BaseModel]] = {
     "manifest": Manifest,
     "split_report": SplitReport,
     "layout_report": LayoutReport,
+    "versions": VersionLog,
 }
 
 
