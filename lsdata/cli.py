@@ -132,6 +132,7 @@ def ingest(
         t0 = time.perf_counter()
         with _bar(f"ingest {dataset.value}", file_bytes(strs)) as advance:
             m = ingest_mod.ingest(dataset.value, strs, out, opts, progress=advance)
+        _register(out)
     read = sum(s.rows_read for s in m.sources)
     kept = sum(s.rows_kept for s in m.sources)
     rej = sum(s.rows_rejected for s in m.sources)
@@ -180,6 +181,7 @@ def split(
         t0 = time.perf_counter()
         with _bar("split", len(ds.parts("sequences")), unit="parts") as advance:
             r = samples.build(ds, opts, progress=advance)
+        _register(data)
     for w in r.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     cut = f"cut {r.cut_time}" if r.cut_time is not None else "leave-one-out"
@@ -212,6 +214,7 @@ def layout(
         total = len(ds.parts("sequences")) if ds.name != "xlong" else None
         with _bar("layout " + ",".join(names), total, unit="parts") as advance:
             reps = layouts.build(ds, names, {n: ov for n in names}, seed=seed, progress=advance)
+        _register(data)
     for n, r in reps.items():
         rows = ", ".join(f"{k} {v:,}" for k, v in r.rows.items())
         console.print(f"layout {n} {r.widths}: {rows} -> {ds.layout_dir(n)}")
@@ -521,3 +524,133 @@ def main() -> None:  # pragma: no cover
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+@app.command()
+def append(
+    data: Annotated[Path, typer.Argument(help="Dataset directory (after ingest) to add a version to.")],
+    paths: Annotated[list[Path], typer.Argument(help="New raw files in any format the dataset's source reads (plain, .gz, .bz2, .zip).")],
+    strict: Annotated[Optional[bool], typer.Option("--strict/--no-strict", help="Stop at the first malformed row (default: as the ingest did).")] = None,
+) -> None:
+    """Add events as a new version: only the touched users' sequences are rewritten, vocab ids of earlier versions
+    never change (new ids are appended), earlier versions stay readable (--as-of-version), a file already in the
+    dataset's lineage (same sha256) is refused. split/ and layouts/ (built from the previous version) are removed.
+    Options of the ingest (behaviours, window, category path) apply to the new files too."""
+    from lsdata import append as append_mod
+
+    with _errors():
+        strs = [str(p) for p in paths]
+        for p in strs:
+            check_input_file(p)
+        t0 = time.perf_counter()
+        with _bar(f"append {data}", file_bytes(strs)) as advance:
+            v = append_mod.append(data, strs, strict=strict, progress=advance)
+        _register(data)
+    console.print(f"appended version {v.version} to {data}: {v.events_added:,} events, {v.users_touched:,} users touched "
+                  f"({v.users_new:,} new), {v.items_new:,} new items, {v.quarantined:,} quarantined; now {v.events:,} events, "
+                  f"{v.users:,} users, {v.items:,} items ({_since(t0)})")
+
+
+def _register(data: Path) -> None:
+    """Record a dataset in the catalog (lsdata/catalog.py); a catalog that cannot be written only warns."""
+    from lsdata import catalog
+
+    if catalog.catalog_path() is None:
+        return
+    try:
+        catalog.register(data)
+    except Exception as e:  # never fail a finished stage over its catalog entry
+        console.print(f"[yellow]warning:[/yellow] catalog {catalog.catalog_path()} not updated: {type(e).__name__}: {e}")
+
+
+store_app = typer.Typer(
+    help="The catalog of built datasets (DuckDB file: --catalog, else $LSDATA_CATALOG, else ~/.lsdata/catalog.duckdb; "
+    "LSDATA_CATALOG=off stops ingest/split/layout/append from registering automatically).",
+    no_args_is_help=True,
+)
+app.add_typer(store_app, name="store")
+CatalogOpt = Annotated[Optional[Path], typer.Option("--catalog", help="Catalog file (default $LSDATA_CATALOG, else ~/.lsdata/catalog.duckdb).")]
+
+
+@store_app.command("add")
+def store_add(
+    data: Annotated[Path, typer.Argument(help="Dataset directory to register (or refresh).")],
+    name: Annotated[Optional[str], typer.Option(help="Catalog name (default: the directory name, made unique).")] = None,
+    catalog_file: CatalogOpt = None,
+) -> None:
+    """Register a dataset: its sources (lineage), versions, counts, split and layouts, read from its own records."""
+    from lsdata import catalog
+
+    with _errors():
+        n = catalog.register(data, name, catalog_file)
+    console.print(f"registered {n} -> {data.resolve()} in {catalog.catalog_path(catalog_file)}")
+
+
+@store_app.command("list")
+def store_list(
+    catalog_file: CatalogOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Every registered dataset: name, source, latest version, events/users/items, layouts built, path."""
+    from lsdata import catalog
+
+    with _errors():
+        rows = catalog.list_datasets(catalog_file)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table("name", "source", "version", "events", "users", "items", "layouts", "path")
+    for r in rows:
+        t.add_row(r["name"], r["source"], str(r["version"]), f"{r['events']:,}", f"{r['users']:,}", f"{r['items']:,}",
+                  r["layouts"] or "-", r["path"] + ("" if r["exists"] else " (missing)"))
+    Console(soft_wrap=True).print(t)
+
+
+@store_app.command("show")
+def store_show(
+    name: Annotated[str, typer.Argument(help="Catalog name or dataset directory.")],
+    catalog_file: CatalogOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """One dataset: sources with sha256 (lineage), ingest options, versions with counts, split and layouts built."""
+    from lsdata import catalog
+
+    with _errors():
+        d = catalog.show(name, catalog_file)
+    if as_json:
+        print(json.dumps(d, indent=2, default=str))
+        return
+    out = Console(soft_wrap=True)
+    out.print(f"{d['name']} ({d['source']}{', synthetic' if d['synthetic'] else ''}) at {d['path']}; lsdata {d['lsdata_version']}, "
+              f"{d['partitions']} partitions, registered {d['registered_at']} UTC", highlight=False)
+    out.print(f"options: {json.dumps(d['options'])}", highlight=False, markup=False)
+    out.print("versions:")
+    for v in d["versions"]:
+        out.print(f"  v{v['version']}: {v['events']:,} events, {v['users']:,} users, {v['items']:,} items, {v['cates']:,} cates "
+                  f"(+{v['events_added']:,} events, {v['users_touched']:,} users touched, {v['quarantined']:,} quarantined)", highlight=False)
+    out.print("sources (lineage):")
+    for s in d["sources"]:
+        out.print(f"  [{s['src_file']}] v{s['version']} {s['file']} ({s['kind']}, sha256 {s['sha256'][:16]}..., {s['bytes']:,} bytes): "
+                  f"{s['rows_read']:,} read, {s['rows_kept']:,} kept, {s['rows_rejected']:,} rejected, {s['rows_dropped']:,} dropped",
+                  highlight=False, markup=False)
+    for s in d["splits"]:
+        out.print(f"split (from v{s['from_version']}): {s['method']}, cut {s['cut_time']}, train/valid/test {s['train']:,}/{s['valid']:,}/{s['test']:,}",
+                  highlight=False)
+    for lay in d["layouts"]:
+        out.print(f"layout {lay['layout']} (from v{lay['from_version']}) {lay['widths']}: train/valid/test "
+                  f"{lay['train']:,}/{lay['valid']:,}/{lay['test']:,}", highlight=False, markup=False)
+
+
+@store_app.command("remove")
+def store_remove(
+    name: Annotated[str, typer.Argument(help="Catalog name or dataset directory.")],
+    catalog_file: CatalogOpt = None,
+) -> None:
+    """Forget a dataset in the catalog (its directory is left alone)."""
+    from lsdata import catalog
+
+    with _errors():
+        path = catalog.remove(name, catalog_file)
+    console.print(f"removed {name} ({path}) from the catalog")
+
+

@@ -53,11 +53,12 @@ class Dataset:
     def layout_dir(self, name: str) -> Path:
         return self.root / "layouts" / name
 
-    def read(self, table: str, part: Path, columns: list[str] | None = None) -> pl.DataFrame:
-        """Partition ``part`` (a path from :meth:`parts`) of events/sequences/item_events as of :attr:`version`."""
+    def read(self, table: str, part: Path, columns: list[str] | None = None, users: pl.Series | None = None) -> pl.DataFrame:
+        """Partition ``part`` (a path from :meth:`parts`) of events/sequences/item_events as of :attr:`version`
+        (``users``: only those users' sequences)."""
         from lsdata import versions
 
-        return versions.read_part(self, table, part, columns)
+        return versions.read_part(self, table, part, columns, users)
 
     def vocab_path(self, name: str) -> Path:
         """``vocab/{user,item,cate}.parquet`` as of :attr:`version`."""

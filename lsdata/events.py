@@ -122,6 +122,12 @@ class EventBuilder:
             w.close()
         self._writers.clear()
 
+    def spills(self) -> dict[int, Path]:
+        """Close the spill files and return them by partition (raw events in input order), for stages that
+        do their own finishing (``lsdata append``)."""
+        self._close()
+        return {p: self._spill_path(p) for p in self._written()}
+
     # ------------------------------------------------------------------ finish
 
     def _scan(self) -> pl.LazyFrame:

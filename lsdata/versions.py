@@ -80,17 +80,28 @@ def deltas(ds: Dataset, table: str, part: Path) -> list[Path]:
     return out
 
 
-def read_part(ds: Dataset, table: str, part: Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """Partition ``part`` of ``table`` as of ``ds.version`` (see the module docstring)."""
+def _read(path: Path, columns: list[str] | None, users: pl.Series | None) -> pl.DataFrame:
+    if users is None:
+        return pl.read_parquet(path, columns=columns)
+    # prefiltered: decode the user column, then only the matching rows of the others
+    lf = pl.scan_parquet(path, parallel="prefiltered").filter(pl.col("user").is_in(users.implode()))
+    return (lf.select(columns) if columns else lf).collect()
+
+
+def read_part(
+    ds: Dataset, table: str, part: Path, columns: list[str] | None = None, users: pl.Series | None = None
+) -> pl.DataFrame:
+    """Partition ``part`` of ``table`` as of ``ds.version`` (see the module docstring); ``users`` (sequences
+    only) reads just those users' rows."""
     extra = deltas(ds, table, part)
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}")
     if table == "sequences":
         need = columns if columns is None or "user" in columns else ["user", *columns]
-        base = pl.read_parquet(part, columns=need)
+        base = _read(part, need, users)
         if not extra:
             return base.select(columns) if columns else base
-        newer = pl.concat([pl.read_parquet(p, columns=need) for p in reversed(extra)]).unique("user", keep="first", maintain_order=True)
+        newer = pl.concat([_read(p, need, users) for p in reversed(extra)]).unique("user", keep="first", maintain_order=True)
         merged = pl.concat([base.join(newer.select("user"), on="user", how="anti"), newer]).sort("user")
         return merged.select(columns) if columns else merged
     key = _ORDER[table]

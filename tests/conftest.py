@@ -21,6 +21,14 @@ def need(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _catalog(tmp_path_factory):
+    """CLI stages register datasets in the catalog: point it at a temporary file, never ~/.lsdata."""
+    import os
+
+    os.environ["LSDATA_CATALOG"] = str(tmp_path_factory.mktemp("catalog") / "catalog.duckdb")
+
+
 @pytest.fixture
 def taobao_slice() -> Path:
     return need(TAOBAO_SLICE)
