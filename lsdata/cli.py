@@ -398,9 +398,25 @@ def train(
     streaming: Annotated[Optional[bool], typer.Option(help="Stream Parquet row groups instead of loading the training split in memory.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (default: torch's).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
+    loss: Annotated[Optional[str], typer.Option(help="Next-item models: ce (full softmax) | sampled_softmax | bce | bpr (default: the model paper's).")] = None,
+    negatives: Annotated[Optional[int], typer.Option(help="Next-item models: sampled negatives per training target (default: the model's).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="Next-item models: uniform | popularity (training-target count^pop-alpha); never the positive (default: the model's).")] = None,
+    pop_alpha: Annotated[Optional[float], typer.Option(help="Next-item models: popularity sampler exponent (default: the model's, else 1).")] = None,
+    eval_negatives: Annotated[Optional[int], typer.Option(help="Next-item models: uniform negatives of the sampled evaluation, SASRec protocol (default 100).")] = None,
+    select_on: Annotated[Optional[str], typer.Option(help="Next-item models: full | sampled, the ranking whose valid NDCG@10 selects the checkpoint (default full; both reported).")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Next-item models: a position is a target only with at least this many earlier events (default 1).")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Next-item models: every stride-th training position per user, back from the most recent (default 1 = all).")] = None,
 ) -> None:
     """Train a model, select it on the validation split, score the test split once; writes config.json,
-    log.csv, metrics.json, curve.png and checkpoints to the run directory. Works under `torchrun` (DDP)."""
+    log.csv, metrics.json, curve.png and checkpoints to the run directory. Works under `torchrun` (DDP).
+
+    Next-item models (sasrec, gru4rec_next, stamp, caser_next, sdm) read sequences/ directly (no layout):
+    every position after the warm-up is a target with the most recent max_len earlier events as history,
+    split by the dataset's `lsdata split` protocol: cut (default: targets after the global cut time are test,
+    validation carved before it) or loo (last event test, second last validation; LEAKS GLOBAL TIME: a training
+    target can be later than another user's test target, use it only to compare with papers). Metrics: HR,
+    Recall, NDCG, MRR at 10/20/50/100 over all items and over --eval-negatives sampled ones; the checkpoint is
+    selected on validation NDCG@10."""
     import tomllib
 
     from lsdata.defaults import TrainConfig
@@ -413,6 +429,9 @@ def train(
                      eval_batch_size=eval_batch_size, max_eval_rows=max_eval_rows, lr=lr, l2=l2, clip_value=clip_value, eval_every=eval_every,
                      patience=patience, seed=seed, device=device, amp=amp, workers=workers, streaming=streaming, threads=threads)
         conf |= {k: v for k, v in given.items() if v is not None}
+        nxt = dict(loss=loss, negatives=negatives, sampler=sampler, pop_alpha=pop_alpha, eval_negatives=eval_negatives,
+                   select_on=select_on, warmup=warmup, stride=stride)
+        conf["next_item"] = {**conf.get("next_item", {}), **{k: v for k, v in nxt.items() if v is not None}}
         conf["params"] = {**conf.get("params", {}), **_parse_sets(set_)}
         conf |= {"model": model, "data": str(data)}
         try:
@@ -435,7 +454,13 @@ def train(
                 if type(e).__name__ == "ValidationError":
                     raise InputError(f"invalid model parameters for {model}: {e}".replace("\n", "; ")) from e
                 raise
-    if m:
+    if m and "full" in m["test"]:
+        t, v = m["test"], m["valid"] or {}
+        console.print(f"{model}: valid ndcg@10 {_fmt(v.get(cfg.next_item.select_on, {}).get('ndcg@10'))} | test ndcg@10 "
+                      f"{_fmt(t['full']['ndcg@10'])} hr@10 {_fmt(t['full']['hr@10'])} (full ranking, {t['n']} targets), "
+                      f"sampled ndcg@10 {_fmt(t['sampled']['ndcg@10'])} hr@10 {_fmt(t['sampled']['hr@10'])} | {m['steps']} steps "
+                      f"-> {cfg.out or Path(cfg.data) / 'runs' / model}")
+    elif m:
         t, v = m["test"], m["valid"] or {}
         rate = m["train_samples_per_s"]
         console.print(f"{model}: valid auc {_fmt(v.get('auc'))} | test auc {_fmt(t['auc'])} logloss {_fmt(t['logloss'])} "

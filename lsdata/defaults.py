@@ -160,6 +160,34 @@ def parse_time(value: str | int) -> int:
     return int(dt.timestamp())
 
 
+class NextItemOptions(_Opts):
+    """Next-item training and evaluation (``lsdata train`` with a next-item model; see :mod:`lsdata.nextitem`).
+
+    The split protocol is the dataset's own (``lsdata split``): ``cut`` (default; targets after the global cut
+    time are test, between the validation cut and the cut validation) or ``loo`` (last event test, second last
+    validation, per user; leaks global time). ``None`` means the model's reference default
+    (``train_defaults`` of the model class, see ``lsdata models``).
+    """
+
+    warmup: int = Field(1, ge=1, description="a position is a target only with at least this many history events (strictly earlier)")
+    stride: int = Field(1, ge=1, description="training targets: every stride-th position of a user, counted back from the most recent (1 = every position)")
+    loss: Literal["ce", "sampled_softmax", "bce", "bpr"] | None = Field(
+        None, description="ce = full softmax cross-entropy over all items; sampled_softmax = cross-entropy over the "
+        "positive and the sampled negatives (logQ-corrected with the popularity sampler); bce = binary CE of the "
+        "positive and each negative; bpr = -log sigmoid(pos - neg). None = the model's paper loss")
+    negatives: int | None = Field(None, ge=1, description="sampled negatives per training target (sampled_softmax, bce, bpr); None = model default")
+    sampler: Literal["uniform", "popularity"] | None = Field(
+        None, description="training negatives: uniform over items, or popularity = training-target count^pop_alpha; "
+        "a sampled item is never the positive. None = model default (uniform unless the paper samples by popularity)")
+    pop_alpha: float | None = Field(None, ge=0.0, description="exponent of the popularity sampler; None = model default (1)")
+    eval_negatives: int = Field(100, ge=1, description="sampled evaluation: the target ranked among this many uniform "
+                                "negatives (SASRec protocol), fixed per evaluation by --seed")
+    select_on: Literal["full", "sampled"] = Field(
+        "full", description="candidate set whose NDCG@10 selects the checkpoint on validation: full = all items, "
+        "sampled = eval_negatives uniform negatives. Both are always reported")
+    item_chunk: int = Field(65536, ge=1, description="items scored per matrix product in full ranking (bounds memory)")
+
+
 class TrainConfig(_Opts):
     """Options of ``lsdata train`` (loadable from a TOML file; command-line options override it).
 
@@ -191,3 +219,5 @@ class TrainConfig(_Opts):
     streaming: bool = Field(False, description="stream row groups (StreamingLayoutDataset) instead of loading the split in memory")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
     checkpoint_every: int = Field(500, ge=1, description="save a resumable checkpoint every N steps (and at every validation)")
+    next_item: NextItemOptions = Field(default_factory=NextItemOptions, description="next-item models only: targets, "
+                                       "losses, negatives and candidate sets (NextItemOptions)")

@@ -41,11 +41,29 @@ from lsdata.models.base import CTRModel, DataSpec
 from lsdata.models.blocks import bce
 
 RUN_FILES = ("config.json", "log.csv", "metrics.json", "curve.png", "best.pt", "last.pt")
-LOG_FIELDS = ("kind", "epoch", "step", "samples", "loss", "extra_loss", "samples_per_s", "valid_auc", "valid_logloss", "lr")
+LOG_FIELDS = ("kind", "epoch", "step", "samples", "loss", "extra_loss", "samples_per_s", "valid_auc", "valid_logloss",
+              "valid_ndcg@10", "valid_hr@10", "lr")
+
+
+def make_run(cfg: TrainConfig) -> Run:
+    """The run of ``cfg.model``'s task: :class:`Run` (CTR) or, for next-item models,
+    :class:`lsdata.nextitem_train.NextItemRun` (same loop, selection and outputs; its own data and metrics)."""
+    if getattr(models.get(cfg.model), "task", "ctr") == "next_item":
+        from lsdata.nextitem_train import NextItemRun
+
+        return NextItemRun(cfg)
+    return Run(cfg)
 
 
 class Run:
-    """Everything resolved for one training run: config, device, model, data, optimiser."""
+    """Everything resolved for one training run: config, device, model, data, optimiser.
+
+    The task-specific parts are methods (:meth:`make_spec`, :meth:`data`, :meth:`eval_data`, :meth:`loss`,
+    :meth:`score`, :meth:`selection_key`, :meth:`valid_log`) so that the next-item run reuses the loop.
+    """
+
+    selection = "valid auc (logloss if auc undefined)"
+    curve_metric = "valid_auc"
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -61,8 +79,7 @@ class Run:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cls: type[CTRModel] = models.get(cfg.model)
-        self.layout = cfg.layout or self.cls.layout
-        self.spec = DataSpec.from_dataset(cfg.data, self.layout)
+        self.spec = self.make_spec()
         self.params = self.cls.make_params(self.spec.dataset, cfg.params)
         td = self.cls.train_defaults
         self.lr = cfg.lr or td.get("lr", 1e-3)
@@ -72,9 +89,47 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.model = self.cls(self.spec, self.params).to(self.device)
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else None
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=td.get("betas", (0.9, 0.999)),
+                                    weight_decay=td.get("weight_decay", 0.0))
         self.amp = self.device.type == "cuda" and cfg.amp
         self.l2_params = [p for n, p in self.model.named_parameters() if p.ndim > 1 and "emb" not in n]
+
+    def make_spec(self) -> DataSpec:
+        self.layout = self.cfg.layout or self.cls.layout
+        return DataSpec.from_dataset(self.cfg.data, self.layout)
+
+    def data(self) -> tuple:
+        """``(train_data, loader, sampler, n_train, valid_data, n_valid)``; ``sampler`` is None when streaming."""
+        cfg = self.cfg
+        if cfg.streaming:
+            train_data = StreamingLayoutDataset(self.path("train"), self.layout, self.batch_size, shuffle=True,
+                                                seed=cfg.seed, rank=self.rank, world_size=self.world)
+            loader = torch.utils.data.DataLoader(train_data, batch_size=None, num_workers=cfg.workers)
+            n_train, sampler = pq_rows(self.path("train")), None
+        else:
+            train_data = LayoutDataset(self.path("train"), self.layout)
+            n_train = len(train_data)
+            sampler = EpochSampler(n_train, self.batch_size, True, cfg.seed, self.rank, self.world)
+            loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler, collate_fn=collate,
+                                                 num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+        valid_data = self.eval_data("valid")
+        n_valid = len(valid_data) if isinstance(valid_data, LayoutDataset) else pq_rows(valid_data)
+        return train_data, loader, sampler, n_train, valid_data, n_valid
+
+    def eval_data(self, split: str) -> LayoutDataset | Path:
+        return self.path(split) if self.cfg.streaming else LayoutDataset(self.path(split), self.layout)
+
+    def score(self, data: LayoutDataset | Path) -> dict:
+        """Metrics of one split (every rank gets them)."""
+        return evaluate(*self.predict(data))
+
+    @staticmethod
+    def selection_key(m: dict) -> float:
+        return _selection_key(m)
+
+    @staticmethod
+    def valid_log(m: dict) -> dict:
+        return {"valid_auc": m["auc"], "valid_logloss": m["logloss"]}
 
     def resolved(self) -> dict:
         return {**self.cfg.model_dump(mode="json"), "layout": self.layout, "lr": self.lr, "batch_size": self.batch_size,
@@ -162,7 +217,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
 
     ``progress`` is called after every step with ``{"step", "total", "loss", "samples_per_s"}``.
     """
-    r = Run(cfg)
+    r = make_run(cfg)
     t_start = time.perf_counter()
     lead = r.rank == 0
     last = r.out / "last.pt"
@@ -175,24 +230,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
                 (r.out / f).unlink(missing_ok=True)
         (r.out / "config.json").write_text(json.dumps(r.resolved(), indent=2) + "\n")
 
-    if cfg.streaming:
-        train_data = StreamingLayoutDataset(r.path("train"), r.layout, r.batch_size, shuffle=True, seed=cfg.seed,
-                                            rank=r.rank, world_size=r.world)
-        loader = torch.utils.data.DataLoader(train_data, batch_size=None, num_workers=cfg.workers)
-        n_train = pq_rows(r.path("train"))
-        sampler = None
-        valid_data: LayoutDataset | Path = r.path("valid")
-    else:
-        train_data = LayoutDataset(r.path("train"), r.layout)
-        n_train = len(train_data)
-        sampler = EpochSampler(n_train, r.batch_size, True, cfg.seed, r.rank, r.world)
-        loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler, collate_fn=collate,
-                                             num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
-        valid_data = LayoutDataset(r.path("valid"), r.layout)
+    train_data, loader, sampler, n_train, valid_data, n_valid = r.data()
     steps_per_epoch = math.ceil(math.ceil(n_train / r.world) / r.batch_size)
     if n_train == 0:
-        raise InputError(f"{r.path('train')}: the training split is empty")
-    n_valid = len(valid_data) if isinstance(valid_data, LayoutDataset) else pq_rows(valid_data)
+        raise InputError(f"{cfg.data}: the training split is empty")
 
     st = {"epoch": 0, "batch": 0, "step": 0, "best": -math.inf, "best_step": None, "bad": 0, "stop": False,
           "epoch_seconds": [], "evals": [], "last_eval": -1,
@@ -228,11 +269,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
         if not n_valid or st["last_eval"] == st["step"]:
             return
         st["last_eval"] = st["step"]
-        u, y, p = r.predict(valid_data)
+        m = r.score(valid_data)
         stop = False
         if lead:
-            m = evaluate(u, y, p)
-            key = _selection_key(m)
+            key = r.selection_key(m)
             st["evals"].append({"step": st["step"], "epoch": st["epoch"], **m})
             if key > st["best"]:
                 st.update(best=key, best_step=st["step"], bad=0)
@@ -240,7 +280,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
             else:
                 st["bad"] += 1
             stop = st["bad"] >= cfg.patience
-            log({"kind": "valid", "epoch": st["epoch"], "step": st["step"], "valid_auc": m["auc"], "valid_logloss": m["logloss"], "lr": r.lr})
+            log({"kind": "valid", "epoch": st["epoch"], "step": st["step"], **r.valid_log(m), "lr": r.lr})
         if r.world > 1:
             box = [stop]
             dist.broadcast_object_list(box, src=0)
@@ -271,7 +311,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
                 r.opt.step()
                 st["step"] += 1
                 st["batch"] += 1
-                b = batch["label"].shape[0]
+                b = next(iter(batch.values())).shape[0]
                 st["samples_seen"] += b
                 seen += b
                 loss_sum = loss.detach() * b if loss_sum is None else loss_sum + loss.detach() * b
@@ -314,19 +354,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
         # every rank needs the selected weights to score its test shard
         for t in r.model.state_dict().values():
             dist.broadcast(t, src=0)
-    test_data = LayoutDataset(r.path("test"), r.layout) if not cfg.streaming else r.path("test")
-    u, y, p = r.predict(test_data)
+    test_metrics = r.score(r.eval_data("test"))
     if lead:
-        valid_best = max(st["evals"], key=_selection_key, default=None) if st["evals"] else None
+        valid_best = max(st["evals"], key=r.selection_key, default=None) if st["evals"] else None
         secs = st["epoch_seconds"]
         result = {
             "model": cfg.model, "dataset": r.spec.dataset, "layout": r.layout, "data": str(cfg.data),
             "device": str(r.device), "world_size": r.world, "amp": r.amp,
             "n_parameters": sum(p.numel() for p in r.model.parameters()),
             "train_samples": n_train, "steps": st["step"], "epochs_run": len(secs), "best_step": st["best_step"],
-            "stopped_early": bool(st["stop"]), "selection": "valid auc (logloss if auc undefined)" if n_valid else "none: empty valid split, last weights",
+            "stopped_early": bool(st["stop"]), "selection": r.selection if n_valid else "none: empty valid split, last weights",
             "valid": {k: v for k, v in valid_best.items() if k not in ("step", "epoch")} if valid_best else None,
-            "test": evaluate(u, y, p),
+            "test": test_metrics,
             "epoch_seconds": secs,
             "train_samples_per_s": st["samples_seen"] / st["train_seconds"] if st["train_seconds"] else None,
             "peak_rss_mib": _peak_rss_mib(),
@@ -336,7 +375,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
         }
         (r.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         log_f.close()
-        plot_curve(r.out / "log.csv", r.out / "curve.png", title=f"{cfg.model} on {Path(cfg.data).name}")
+        plot_curve(r.out / "log.csv", r.out / "curve.png", title=f"{cfg.model} on {Path(cfg.data).name}",
+                   metric=r.curve_metric)
     if r.world > 1:
         dist.barrier()
     return result
@@ -360,15 +400,15 @@ def _truncate_log(path: Path, step: int) -> None:
         w.writerows(r for r in rows if int(r["step"]) <= step)
 
 
-def plot_curve(log_csv: Path, png: Path, title: str) -> None:
-    """Training loss and validation AUC against the step, one PNG."""
+def plot_curve(log_csv: Path, png: Path, title: str, metric: str = "valid_auc") -> None:
+    """Training loss and the validation ``metric`` (a log.csv column) against the step, one PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     with open(log_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     tr = [(int(r["step"]), float(r["loss"])) for r in rows if r["kind"] == "train"]
-    va = [(int(r["step"]), float(r["valid_auc"])) for r in rows if r["kind"] == "valid" and r["valid_auc"]]
+    va = [(int(r["step"]), float(r[metric])) for r in rows if r["kind"] == "valid" and r[metric]]
     fig = Figure(figsize=(8, 3.2))
     FigureCanvasAgg(fig)
     a1, a2 = fig.subplots(1, 2)
@@ -377,7 +417,7 @@ def plot_curve(log_csv: Path, png: Path, title: str) -> None:
     a1.set(xlabel="step", ylabel="train loss", title=title)
     if va:
         a2.plot(*zip(*va), marker="o")
-    a2.set(xlabel="step", ylabel="valid AUC", title="validation")
+    a2.set(xlabel="step", ylabel=metric.replace("_", " "), title="validation")
     fig.tight_layout()
     tmp = png.with_name(png.name + ".tmp.png")
     fig.savefig(tmp, dpi=90)
@@ -394,7 +434,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
     fields = set(TrainConfig.model_fields)
     conf = {k: v for k, v in conf.items() if k in fields} | {"out": str(run_dir), "device": "auto"}
     cfg = TrainConfig.model_validate(conf | ({"data": data} if data else {}))
-    r = Run(cfg)
+    r = make_run(cfg)
     weights = run_dir / "best.pt"
     if weights.exists():
         r.model.load_state_dict(torch.load(weights, map_location=r.device, weights_only=True))
@@ -402,5 +442,4 @@ def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = No
         r.model.load_state_dict(torch.load(run_dir / "last.pt", map_location=r.device, weights_only=False)["model"])
     else:
         raise InputError(f"{run_dir}: no best.pt or last.pt")
-    u, y, p = r.predict(LayoutDataset(r.path(split), r.layout))
-    return {"run": str(run_dir), "split": split, "data": cfg.data, **evaluate(u, y, p)}
+    return {"run": str(run_dir), "split": split, "data": cfg.data, **r.score(r.eval_data(split))}

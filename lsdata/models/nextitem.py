@@ -1,0 +1,364 @@
+"""Next-item models (issue #5): SASRec, GRU4Rec, STAMP, Caser and SDM in the next-item framing.
+
+Every model encodes a sample's front-padded history (:class:`lsdata.nextitem.NextItemDataset` batch:
+``hist_item``/``hist_cate`` ``[B, L]``, ``hist_len``, ``user``) into a user vector ``u`` ``[B, D]`` and scores an
+item ``i`` as ``u . W[i] + b[i]`` with the model's output table (:meth:`NextItemModel.output`), so full
+ranking over every item is one matrix product per chunk of items. ``forward(batch, items=None)`` returns the
+logits of every item ``[B, I + 1]`` (index 0 = padding, scored ``-inf``) or of the given ``items`` ``[B, C]``,
+plus the model's extra loss; the trainer (:mod:`lsdata.nextitem_train`) turns them into the loss the paper
+uses (``train_defaults["loss"]``).
+
+Choices made once here: one target per sample (the last history position predicts it; the sliding window of
+:mod:`lsdata.nextitem` turns every position into a sample, as RecBole does, instead of the official SASRec's
+per-position loss over one window); item 0 is padding and embeds to zero; the optimiser is Adam (the trainer's),
+where a paper used Adagrad (GRU4Rec, SDM) the learning rate default is Adam's reference one instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from lsdata.models import register
+from lsdata.models.base import DataSpec
+from lsdata.models.blocks import front_mask, masked_softmax, run_rnn
+
+
+class NextItemParams(BaseModel):
+    """Parameters common to the next-item models (each model's ``Params`` re-defaults them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    emb_dim: int = Field(64, ge=1, description="item embedding size (d)")
+    max_len: int = Field(50, ge=1, description="history window L: the most recent L events before the target")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout rate")
+
+
+class NextItemModel(nn.Module):
+    """A next-item model: ``encode(batch) -> (u [B, D], extra)``, ``output() -> (W [I+1, D], b [I+1] | None)``.
+
+    Class attributes as :class:`lsdata.models.base.CTRModel` (``name``, ``Params``, ``train_defaults``,
+    ``presets``); ``train_defaults`` also names the paper's ``loss`` (ce | sampled_softmax | bce | bpr),
+    training ``negatives`` per target and ``sampler`` (uniform | popularity, ``pop_alpha``).
+    """
+
+    task: ClassVar[str] = "next_item"
+    name: ClassVar[str] = ""
+    layout: ClassVar[str] = "sequences"  #: reads sequences/ directly, no layout
+    incremental: ClassVar[bool] = False
+    Params: ClassVar[type[NextItemParams]] = NextItemParams
+    train_defaults: ClassVar[dict[str, Any]] = {}
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, spec: DataSpec, params: NextItemParams):
+        super().__init__()
+        self.spec, self.p = spec, params
+
+    @classmethod
+    def make_params(cls, dataset: str, overrides: dict[str, Any] | None = None) -> NextItemParams:
+        """Params = class defaults, then the dataset preset, then ``overrides`` (validated)."""
+        return cls.Params.model_validate({**cls.presets.get(dataset, {}), **(overrides or {})})
+
+    def encode(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def output(self) -> tuple[Tensor, Tensor | None]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, Tensor], items: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        u, extra = self.encode(batch)
+        w, b = self.output()
+        if items is None:
+            logits = u @ w.T + (b if b is not None else 0.0)
+            return logits.index_fill(1, torch.zeros(1, dtype=torch.long, device=u.device), float("-inf")), extra
+        items = items.long()
+        logits = torch.einsum("bd,bcd->bc", u, w[items])
+        return logits + b[items] if b is not None else logits, extra
+
+
+def _zero(ref: Tensor) -> Tensor:
+    return torch.zeros((), device=ref.device, dtype=torch.float32)
+
+
+class SASBlock(nn.Module):
+    """One official SASRec block: only the queries are layer-normalised, the residual adds them."""
+
+    def __init__(self, d: int, heads: int, p: float):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d, eps=1e-8), nn.LayerNorm(d, eps=1e-8)
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.w1, self.w2 = nn.Linear(d, d), nn.Linear(d, d)
+        self.drop, self.heads = nn.Dropout(p), heads
+
+    def forward(self, x: Tensor, allow: Tensor, pad: Tensor) -> Tensor:
+        b, t, d = x.shape
+        heads = lambda z: z.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        q = self.ln1(x)
+        a = F.scaled_dot_product_attention(heads(self.q(q)), heads(self.k(x)), heads(self.v(x)), attn_mask=allow,
+                                           dropout_p=self.drop.p if self.training else 0.0)
+        x = (q + a.transpose(1, 2).reshape(b, t, d)) * pad
+        y = self.ln2(x)
+        return (y + self.drop(self.w2(self.drop(F.relu(self.w1(y)))))) * pad
+
+
+@register
+class SASRec(NextItemModel):
+    """SASRec (Kang & McAuley, ICDM 2018), the official kang205/SASRec forward (models.md §8).
+
+    E = ItemEmb(s)·√d + PosEmb(slot) (learned, absolute slot of the left-padded window), dropout, padding
+    mask; each of ``blocks`` blocks: Q = LN(x), x = Q + MHA(Q, x, x) with causal and key-padding masks
+    (scaled 1/√(d/heads), dropout on the weights), then y = LN(x), x = y + Dropout(W2 ReLU(W1 y)); F = LN(x);
+    score(i) = F_last · ItemEmb(i) (shared table). Loss: binary CE with one uniform negative per target
+    (official). Defaults (official, models.md §8e): d 50, 2 blocks, 1 head, dropout 0.5 (0.2 for ML-1M),
+    L 50 (200 for ML-1M), batch 128, Adam lr 1e-3 with β2 = 0.98.
+    """
+
+    name = "sasrec"
+
+    class Params(NextItemParams):
+        emb_dim: int = Field(50, ge=1, description="d (official 50)")
+        blocks: int = Field(2, ge=1, description="self-attention blocks (official 2)")
+        heads: int = Field(1, ge=1, description="attention heads, must divide d (official 1)")
+        dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout (official 0.5; 0.2 for ML-1M)")
+
+    train_defaults = {"lr": 1e-3, "batch_size": 128, "betas": (0.9, 0.98), "loss": "bce", "negatives": 1}
+
+    def __init__(self, spec: DataSpec, params: Params):
+        super().__init__(spec, params)
+        d, p = params.emb_dim, params
+        if d % p.heads:
+            raise ValueError(f"heads={p.heads} must divide emb_dim={d}")
+        self.item = nn.Embedding(spec.n_items + 1, d, padding_idx=0)
+        self.pos = nn.Embedding(p.max_len, d)
+        self.drop = nn.Dropout(p.dropout)
+        self.blocks = nn.ModuleList(SASBlock(d, p.heads, p.dropout) for _ in range(p.blocks))
+        self.ln = nn.LayerNorm(d, eps=1e-8)
+
+    def encode(self, batch):
+        s = batch["hist_item"].long()
+        t = s.shape[1]
+        pad = (s > 0).unsqueeze(-1).float()
+        x = self.item(s) * math.sqrt(self.p.emb_dim) + self.pos.weight[-t:]
+        x = self.drop(x) * pad
+        eye = torch.eye(t, dtype=torch.bool, device=s.device)
+        allow = (torch.tril(torch.ones_like(eye)) & (s > 0)[:, None, :]) | eye  # self always allowed: no empty rows
+        for blk in self.blocks:
+            x = blk(x, allow[:, None], pad)
+        return self.ln(x)[:, -1], _zero(x)
+
+    def output(self):
+        return self.item.weight, None
+
+
+@register
+class GRU4RecNext(NextItemModel):
+    """GRU4Rec (Hidasi et al., ICLR 2016; CIKM 2018 losses), next-item framing (models.md §10).
+
+    h = GRU(ItemEmb(s_1..s_n)) over the real steps only (padding never enters the state); score(i) = Dropout(h)
+    · W[i] + b_i with the official ``xe`` parameter set: constrained embedding (input table = output table,
+    so d = hidden = 100, one layer), hidden dropout 0.4, sampled softmax over 2048 popularity^0.5 negatives
+    with logQ correction. Departures: Adam lr 1e-3 instead of Adagrad(0.2, momentum); back-propagation over
+    the whole window of the most recent L events instead of session-parallel one-step BPTT; negatives per
+    sample instead of shared in-batch ones.
+    """
+
+    name = "gru4rec_next"
+
+    class Params(NextItemParams):
+        emb_dim: int = Field(100, ge=1, description="GRU units = item embedding size (official layers [100], constrained embedding)")
+        dropout: float = Field(0.4, ge=0.0, lt=1.0, description="dropout on the hidden state (official xe: 0.4)")
+
+    train_defaults = {"lr": 1e-3, "batch_size": 32, "loss": "sampled_softmax", "negatives": 2048,
+                      "sampler": "popularity", "pop_alpha": 0.5}
+
+    def __init__(self, spec: DataSpec, params: Params):
+        super().__init__(spec, params)
+        d = params.emb_dim
+        self.item = nn.Embedding(spec.n_items + 1, d, padding_idx=0)
+        self.bias = nn.Parameter(torch.zeros(spec.n_items + 1))
+        self.gru = nn.GRU(d, d, batch_first=True)
+        self.drop = nn.Dropout(params.dropout)
+
+    def encode(self, batch):
+        _, h, _ = run_rnn(self.gru, self.item(batch["hist_item"].long()), batch["hist_len"].long())
+        return self.drop(h), _zero(h)
+
+    def output(self):
+        return self.item.weight, self.bias
+
+
+@register
+class STAMP(NextItemModel):
+    """STAMP (Liu et al., KDD 2018), the official uestcnlp/STAMP forward (models.md §9).
+
+    x_i = ItemEmb(s_i) (max-norm 1, as a differentiable rescaling of the looked-up rows and of the output table
+    instead of torch's in-place renorm of the table), x_t = the last click, m_s = mean of the real x_i;
+    α_i = w_0ᵀ σ(W_1 x_i + W_2 x_t + W_3 m_s + b_a) (no softmax, official ``norm_type='none'``; padding masked);
+    m_a = Σ α_i x_i + m_s; h_s = tanh(W_A m_a), h_t = tanh(W_B x_t) (no biases); score(i) = ⟨h_s ⊙ h_t, x_i⟩.
+    Loss: full softmax cross-entropy over all items. Defaults (official config): d 100, batch 512, Adam
+    lr 3e-3, weights N(0, 0.05), embeddings N(0, 0.002), L 50 (a session-length bound; official sessions).
+    """
+
+    name = "stamp"
+
+    class Params(NextItemParams):
+        emb_dim: int = Field(100, ge=1, description="d (official 100)")
+        max_norm: float | None = Field(1.0, gt=0, description="embedding max-norm (official 1; None = off)")
+
+    train_defaults = {"lr": 3e-3, "batch_size": 512, "loss": "ce"}
+
+    def __init__(self, spec: DataSpec, params: Params):
+        super().__init__(spec, params)
+        d = params.emb_dim
+        self.item = nn.Embedding(spec.n_items + 1, d, padding_idx=0)
+        self.w1, self.w2, self.w3 = (nn.Linear(d, d, bias=False) for _ in range(3))
+        self.b_a = nn.Parameter(torch.zeros(d))
+        self.w0 = nn.Linear(d, 1, bias=False)
+        self.wa, self.wb = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        for lin in (self.w1, self.w2, self.w3, self.w0, self.wa, self.wb):
+            nn.init.normal_(lin.weight, 0.0, 0.05)
+        nn.init.normal_(self.item.weight, 0.0, 0.002)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def _norm(self, x: Tensor) -> Tensor:
+        if self.p.max_norm is None:
+            return x
+        return x * (self.p.max_norm / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0)
+
+    def encode(self, batch):
+        s = batch["hist_item"].long()
+        x = self._norm(self.item(s))
+        mask = (s > 0).unsqueeze(-1).to(x.dtype)
+        xt = x[:, -1]
+        ms = (x * mask).sum(1) / mask.sum(1).clamp(min=1)
+        alpha = self.w0(torch.sigmoid(self.w1(x) + (self.w2(xt) + self.w3(ms) + self.b_a)[:, None])) * mask
+        ma = (alpha * x).sum(1) + ms
+        return torch.tanh(self.wa(ma)) * torch.tanh(self.wb(xt)), _zero(x)
+
+    def output(self):
+        return self._norm(self.item.weight), None
+
+
+@register
+class CaserNext(NextItemModel):
+    """Caser (Tang & Wang, WSDM 2018), the official graytowne/caser_pytorch forward (models.md §11).
+
+    E = ItemEmb(last L items) as a 1-channel L×d image; vertical conv (n_v filters L×1) -> n_v·d; horizontal
+    convs of heights 1..L (n_h filters k×d each, ReLU, max-pooled over positions) -> L·n_h;
+    z = ReLU(W_1 Dropout([o_v; o_h]) + b_1) [d]; x = [z; UserEmb(u)] [2d]; score(i) = W_2[i]·x + b_2[i] with
+    separate output tables. Loss: binary CE with 3 uniform negatives per target (official; the official
+    also predicts T = 3 next items, here 1). Defaults (official): d 50, L 5, n_v 4, n_h 16, dropout 0.5,
+    Adam lr 1e-3, weight decay 1e-6, batch 512.
+    """
+
+    name = "caser_next"
+
+    class Params(NextItemParams):
+        emb_dim: int = Field(50, ge=1, description="d (official 50)")
+        max_len: int = Field(5, ge=1, description="L, the window of recent items (official 5)")
+        n_v: int = Field(4, ge=1, description="vertical filters (official 4)")
+        n_h: int = Field(16, ge=1, description="horizontal filters per height (official 16)")
+        dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout before the dense layer (official 0.5)")
+
+    train_defaults = {"lr": 1e-3, "batch_size": 512, "weight_decay": 1e-6, "loss": "bce", "negatives": 3}
+
+    def __init__(self, spec: DataSpec, params: Params):
+        super().__init__(spec, params)
+        d, n, p = params.emb_dim, params.max_len, params
+        self.item = nn.Embedding(spec.n_items + 1, d, padding_idx=0)
+        self.user = nn.Embedding(spec.n_users + 1, d)
+        self.conv_v = nn.Conv2d(1, p.n_v, (n, 1))
+        self.conv_h = nn.ModuleList(nn.Conv2d(1, p.n_h, (k, d)) for k in range(1, n + 1))
+        self.fc1 = nn.Linear(p.n_v * d + p.n_h * n, d)
+        self.drop = nn.Dropout(p.dropout)
+        self.w2 = nn.Embedding(spec.n_items + 1, 2 * d)
+        self.b2 = nn.Parameter(torch.zeros(spec.n_items + 1))
+        nn.init.normal_(self.w2.weight, 0.0, 1.0 / (2 * d))
+
+    def encode(self, batch):
+        e = self.item(batch["hist_item"].long()).unsqueeze(1)  # [B, 1, L, d]
+        o_v = self.conv_v(e).flatten(1)
+        o_h = [F.relu(c(e)).squeeze(3).amax(2) for c in self.conv_h]
+        z = F.relu(self.fc1(self.drop(torch.cat([o_v, *o_h], 1))))
+        return torch.cat([z, self.user(batch["user"].long())], 1), _zero(z)
+
+    def output(self):
+        return self.w2.weight, self.b2
+
+
+@register
+class SDM(NextItemModel):
+    """SDM, Sequential Deep Matching (Lv et al., CIKM 2019), after the official alicogintel/SDM demo (models.md §7).
+
+    e_t = [ItemEmb; CateEmb] (item 64 + category 16; the JD shop/brand fields do not exist here); short-term
+    session S = the most recent ``short_len`` events (lsdata data has no session ids), long-term L_u = the older
+    events of the window. Short: h = LSTM(e_S) (hidden 64, padding never enters the state); ĥ = LN(h + MHA(h)) (4
+    heads, padding mask); user attention q = tanh(W e_u), a = softmax_k(qᵀ ĥ_k), s = Σ a_k ĥ_k + ĥ_last. Long: per
+    field f, z_f = Σ softmax_k(g_kᵀ W_f e_u) g_k over L_u; p = tanh(W_p [z_item; z_cate] + b). Gated fusion:
+    G = σ(W_g [s; p; e_u] + b), o = G ⊙ s + (1 − G) ⊙ p; score(i) = o · W_out[i] (separate output table, zero
+    bias). Loss: sampled softmax (official num_samples 2000; uniform sampler here, the TF default is log-uniform).
+    Defaults (official flags): item emb 64, hidden 64, heads 4, dropout 0.2, batch 256, lr 1e-3 (Adam here;
+    official Adagrad), session length 50 -> window 100 = 20 short + 80 long by default.
+    """
+
+    name = "sdm"
+
+    class Params(NextItemParams):
+        emb_dim: int = Field(64, ge=1, description="item embedding size (official 64)")
+        cate_dim: int = Field(16, ge=1, description="category embedding size (official 16)")
+        hidden: int = Field(64, ge=1, description="LSTM / attention / user-vector size (official 64)")
+        heads: int = Field(4, ge=1, description="self-attention heads, must divide hidden (official 4)")
+        max_len: int = Field(100, ge=2, description="window L = short-term + long-term events")
+        short_len: int = Field(20, ge=1, description="most recent events forming the short-term 'session'")
+        dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout in the attention (official 0.2)")
+
+    train_defaults = {"lr": 1e-3, "batch_size": 256, "loss": "sampled_softmax", "negatives": 2000}
+
+    def __init__(self, spec: DataSpec, params: Params):
+        super().__init__(spec, params)
+        p, h = params, params.hidden
+        if p.short_len >= p.max_len:
+            raise ValueError(f"short_len={p.short_len} must be < max_len={p.max_len}")
+        self.item = nn.Embedding(spec.n_items + 1, p.emb_dim, padding_idx=0)
+        self.cate = nn.Embedding(spec.n_cates + 1, p.cate_dim, padding_idx=0)
+        self.user = nn.Embedding(spec.n_users + 1, h)
+        self.lstm = nn.LSTM(p.emb_dim + p.cate_dim, h, batch_first=True)
+        self.mha = nn.MultiheadAttention(h, p.heads, dropout=p.dropout, batch_first=True)
+        self.ln = nn.LayerNorm(h)
+        self.wq = nn.Linear(h, h)
+        self.w_item, self.w_cate = nn.Linear(h, p.emb_dim, bias=False), nn.Linear(h, p.cate_dim, bias=False)
+        self.wp = nn.Linear(p.emb_dim + p.cate_dim, h)
+        self.wg = nn.Linear(3 * h, h)
+        self.out = nn.Embedding(spec.n_items + 1, h)
+
+    @staticmethod
+    def _pool(g: Tensor, query: Tensor, mask: Tensor) -> Tensor:
+        return (masked_softmax((g @ query[:, :, None]).squeeze(-1), mask)[..., None] * g).sum(1)
+
+    def encode(self, batch):
+        s, c, n = batch["hist_item"].long(), batch["hist_cate"].long(), batch["hist_len"].long()
+        k = self.p.short_len
+        gi, gc = self.item(s), self.cate(c)
+        n_s = n.clamp(max=k)
+        short_mask = front_mask(n_s, k)
+        h, _, _ = run_rnn(self.lstm, torch.cat([gi, gc], -1)[:, -k:], n_s)
+        a, _ = self.mha(h, h, h, key_padding_mask=~short_mask, need_weights=False)
+        hh = self.ln(h + a) * short_mask[..., None]
+        eu = self.user(batch["user"].long())
+        q = torch.tanh(self.wq(eu))
+        s_t = self._pool(hh, q, short_mask) + hh[:, -1]
+        long_mask = front_mask(n - n_s, s.shape[1] - k)
+        z_item = self._pool(gi[:, :-k], self.w_item(eu), long_mask)
+        z_cate = self._pool(gc[:, :-k], self.w_cate(eu), long_mask)
+        p_u = torch.tanh(self.wp(torch.cat([z_item, z_cate], 1)))
+        g = torch.sigmoid(self.wg(torch.cat([s_t, p_u, eu], 1)))
+        return g * s_t + (1 - g) * p_u, _zero(s_t)
+
+    def output(self):
+        return self.out.weight, None

@@ -1,0 +1,208 @@
+"""Next-item samples over the stored sequences, without a padded copy per sample (issue #5).
+
+A next-item sample is a pointer ``(row, target, hist_end)`` into the flat arrays of ``sequences/``: ``target``
+is the flat position of the event to predict, the history is the user's events in ``[row start, hist_end)``,
+and a batch's ``[B, L]`` windows are gathered on the fly with :func:`lsdata.views.window` (the most recent
+``L`` history events, front-padded). Nothing per sample is materialised.
+
+Which positions are targets
+---------------------------
+* **History = events strictly before the target's time** (the project-wide rule, ``lsdata/defaults.py``):
+  ``hist_end`` is the first event of the user with the target's timestamp, so neither the target nor any
+  event at or after its moment is ever in its history (a property test checks it for both protocols).
+* **Warm-up** ``k`` (``NextItemOptions.warmup``): a position is a target only if it has at least ``k``
+  history events.
+* **Stride** ``s`` (``NextItemOptions.stride``, training targets only): of a user's training positions, every
+  ``s``-th counted back from the most recent one (``s = 1``: every position, the sliding window). Validation
+  and test keep every eligible position.
+
+Split protocols (read from the dataset's ``split/report.json``, i.e. ``lsdata split``)
+--------------------------------------------------------------------------------------
+* ``cut`` (default): the dataset's global cut time ``C`` and validation cut ``V``. Targets with ``ts > C``
+  are test, ``V < ts <= C`` validation, ``ts <= V`` training: every training target is earlier than every
+  validation target, every validation target earlier than every test target. Histories of later targets
+  may contain events after a cut (they are still strictly before the target): the rolling evaluation.
+* ``loo`` (leave-one-out, SASRec/Caser comparability): per user the last event is test, the second last
+  validation, all earlier eligible positions training. It leaks global time: a training target of one user
+  can be later than another user's test target.
+
+Negative samplers (:class:`NegativeSampler`)
+--------------------------------------------
+Draws from weights over items ``1..I`` (``uniform``: all 1; ``popularity``: training-target counts to the
+power ``alpha``) **excluding the positive exactly**: the positive's weight is cut out of the cumulative
+distribution, no redraw loop, so a negative never equals its positive. Torch, vectorised, on the batch's
+device; seeded through the ``torch.Generator`` passed in (the trainer uses the global one, seeded by
+``--seed`` and saved in ``last.pt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from lsdata.dataset import Dataset
+from lsdata.io import InputError
+from lsdata.loader import to_tensors
+from lsdata.samples import flat_list
+from lsdata.split import LOO_WARNING
+from lsdata.views import gather, window
+
+
+@dataclass
+class Sequences:
+    """Every user's sequence as flat arrays: row ``r`` is ``[offsets[r], offsets[r + 1])``."""
+
+    user: np.ndarray  # [U] dense user id of each row
+    offsets: np.ndarray  # [U + 1] int64
+    item: np.ndarray  # [n] int32
+    cate: np.ndarray  # [n] int32
+    behavior: np.ndarray  # [n] int8
+    ts: np.ndarray  # [n] int64, non-decreasing inside a row
+
+    @property
+    def row_of(self) -> np.ndarray:
+        """Row index of every flat position."""
+        return np.repeat(np.arange(self.user.size, dtype=np.int32), np.diff(self.offsets))
+
+
+def load_sequences(ds: Dataset) -> Sequences:
+    """All ``sequences/`` parts of a dataset, concatenated (row order = part order, users sorted in a part)."""
+    parts = ds.parts("sequences")
+    if not parts:
+        raise InputError(f"{ds.root}: no sequences/ (XLong arrives without per-user sequences)")
+    df = pl.read_parquet([str(p) for p in parts], columns=["user", "item", "cate", "behavior", "ts"]).rechunk()
+    item, off = flat_list(df["item"])
+    return Sequences(df["user"].to_numpy(), off, item, flat_list(df["cate"])[0], flat_list(df["behavior"])[0],
+                     flat_list(df["ts"])[0].astype(np.int64))
+
+
+def history_ends(seq: Sequences) -> np.ndarray:
+    """Per flat position: the flat index of the user's first event with the same timestamp (= ``hist_end``)."""
+    n = seq.ts.size
+    row = seq.row_of
+    new = np.ones(n, dtype=bool)
+    new[1:] = (row[1:] != row[:-1]) | (seq.ts[1:] != seq.ts[:-1])
+    return np.maximum.accumulate(np.where(new, np.arange(n, dtype=np.int64), 0))
+
+
+@dataclass
+class Index:
+    """Samples of one set: sequence row, flat target position, flat history end (exclusive)."""
+
+    row: np.ndarray
+    target: np.ndarray
+    hist_end: np.ndarray
+
+    def __len__(self) -> int:
+        return self.target.size
+
+
+def build_index(seq: Sequences, method: str, cut: int | None, valid_cut: int | None, warmup: int,
+                stride: int) -> dict[str, Index]:
+    """Targets of each set (``train``/``valid``/``test``) under ``method`` (``cut`` or ``loo``); see the module doc."""
+    row = seq.row_of
+    pos = np.arange(seq.ts.size, dtype=np.int64)
+    start = seq.offsets[:-1][row]
+    back = seq.offsets[1:][row] - 1 - pos  # 0 = the user's last event
+    hist_end = history_ends(seq)
+    eligible = hist_end - start >= warmup
+    if method == "loo":
+        test, valid = back == 0, back == 1
+    elif method == "cut":
+        if cut is None:
+            raise InputError("the cut-time split needs a cut time (re-run `lsdata split`)")
+        test = seq.ts > cut
+        valid = ~test & (seq.ts > valid_cut) if valid_cut is not None else np.zeros_like(test)
+    else:
+        raise InputError(f"unknown split method {method!r}")
+    train = ~test & ~valid  # a prefix of every user's sequence under both rules
+    n_train = np.bincount(row[train], minlength=seq.user.size)
+    train &= (n_train[row] - 1 - (pos - start)) % stride == 0
+    sets = {"train": train & eligible, "valid": valid & eligible, "test": test & eligible}
+    return {k: Index(row[m], pos[m], hist_end[m]) for k, m in sets.items()}
+
+
+def split_protocol(ds: Dataset) -> tuple[str, int | None, int | None, list[str]]:
+    """``(method, cut_time, valid_cut_time, warnings)`` of the dataset's finished ``lsdata split``."""
+    rep = ds.split_report()
+    return rep.method, rep.cut_time, rep.valid_cut_time, [LOO_WARNING] if rep.method == "loo" else []
+
+
+class NextItemDataset(torch.utils.data.Dataset):
+    """Map-style dataset of one set's next-item samples; ``__getitems__`` builds a whole batch at once.
+
+    Batch contract: ``user``, ``target``, ``target_cate`` int32 ``[B]``; ``ts`` int64 ``[B]`` (target time);
+    ``hist_item``, ``hist_cate``, ``hist_behavior`` int32 ``[B, L]`` front-padded (most recent last);
+    ``hist_len`` int32 ``[B]``.
+    """
+
+    def __init__(self, seq: Sequences, index: Index, max_len: int):
+        self.seq, self.index, self.max_len = seq, index, max_len
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(idx, dtype=np.int64)
+        s, t = self.seq, self.index.target[idx]
+        rows = self.index.row[idx]
+        win, mask, length = window(s.offsets[rows], self.index.hist_end[idx], self.max_len, "front")
+        return to_tensors({
+            "user": s.user[rows], "target": s.item[t], "target_cate": s.cate[t], "ts": s.ts[t],
+            "hist_item": gather(s.item, win, mask), "hist_cate": gather(s.cate, win, mask),
+            "hist_behavior": gather(s.behavior, win, mask), "hist_len": length,
+        })
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+
+def popularity(seq: Sequences, index: Index, n_items: int, alpha: float) -> np.ndarray:
+    """Sampling weights ``count^alpha`` of each item among the training targets (index 0 = padding = 0)."""
+    counts = np.bincount(seq.item[index.target], minlength=n_items + 1).astype(np.float64)
+    counts[0] = 0.0
+    return counts**alpha
+
+
+class NegativeSampler:
+    """Negatives drawn from ``weights`` (``[I + 1]``, ``weights[0] = 0`` for padding), never the positive.
+
+    The positive's interval is cut out of the cumulative weights: draw ``u`` uniform on the remaining mass and
+    shift it past the positive's interval. Rows whose positive holds all the mass fall back to uniform over
+    the other items.
+    """
+
+    def __init__(self, weights: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"):
+        w = torch.as_tensor(np.asarray(weights, dtype=np.float64), device=device)
+        if w.ndim != 1 or w.numel() < 3:
+            raise ValueError("need weights for padding + at least two items")
+        w[0] = 0.0
+        self.w, self.cum = w, torch.cumsum(w, 0)
+        self.n_items = w.numel() - 1
+
+    @classmethod
+    def uniform(cls, n_items: int, device: torch.device | str = "cpu") -> NegativeSampler:
+        return cls(np.r_[0.0, np.ones(n_items)], device)
+
+    def prob(self, items: torch.Tensor) -> torch.Tensor:
+        """Probability of drawing ``items`` (before the positive is cut out), for logQ corrections."""
+        return self.w[items.long()] / self.cum[-1]
+
+    def sample(self, pos: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[B, n]`` negatives (int64) for positives ``pos`` ``[B]``."""
+        pos = pos.long().to(self.w.device)
+        wp = self.w[pos][:, None]
+        before = self.cum[pos][:, None] - wp
+        rest = self.cum[-1] - wp
+        u = torch.rand(pos.numel(), n, generator=generator, device=self.w.device, dtype=torch.float64)
+        x = u * rest
+        x = torch.where(x < before, x, x + wp)
+        draw = torch.searchsorted(self.cum, x, right=True).clamp_(1, self.n_items)
+        r = (u * (self.n_items - 1)).long().clamp_(max=self.n_items - 2) + 1  # uniform on 1..I-1
+        fallback = r + (r >= pos[:, None]).long()  # skips the positive
+        bad = (rest <= 0) | (draw == pos[:, None])  # float edge: a draw landing on the positive's boundary
+        return torch.where(bad, fallback, draw)

@@ -1,0 +1,256 @@
+"""Next-item data, samplers, ranking metrics, losses, models and `lsdata train sasrec` (issue #5)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from lsdata import models
+from lsdata.cli import app
+from lsdata.dataset import open_dataset
+from lsdata.defaults import NextItemOptions, TrainConfig
+from lsdata.models.base import DataSpec
+from lsdata.nextitem import NegativeSampler, NextItemDataset, Sequences, build_index, load_sequences, split_protocol
+from lsdata.nextitem_train import next_item_loss
+from lsdata.ranking import count_above, ranking_metrics
+from lsdata.train import train
+from tests.conftest import TAOBAO_SLICE, need
+
+NEXT = ["sasrec", "gru4rec_next", "stamp", "caser_next", "sdm"]
+
+
+# -- samples: no history holds its target or anything at/after it ------------------------------------------------
+user_ts = st.lists(st.integers(0, 12), min_size=1, max_size=15).map(sorted)  # small range: many ties
+
+
+def _sequences(users: list[list[int]]) -> Sequences:
+    ts = np.concatenate([np.asarray(u, dtype=np.int64) for u in users])
+    off = np.r_[0, np.cumsum([len(u) for u in users])].astype(np.int64)
+    item = (np.arange(ts.size) % 7 + 1).astype(np.int32)
+    return Sequences(np.arange(1, len(users) + 1, dtype=np.int32), off, item, item % 3 + 1, np.ones(ts.size, np.int8), ts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(users=st.lists(user_ts, min_size=1, max_size=8), method=st.sampled_from(["cut", "loo"]),
+       cut=st.integers(0, 12), back=st.integers(0, 6), warmup=st.integers(1, 3), stride=st.integers(1, 3),
+       width=st.integers(1, 6))
+def test_no_history_contains_its_target_or_anything_at_or_after_it(users, method, cut, back, warmup, stride, width):
+    seq = _sequences(users)
+    vcut = cut - back
+    sets = build_index(seq, method, cut, vcut, warmup, stride)
+    for name, idx in sets.items():
+        start = seq.offsets[idx.row]
+        assert ((idx.target >= start) & (idx.target < seq.offsets[idx.row + 1])).all()
+        assert (idx.hist_end <= idx.target).all() and (idx.hist_end - start >= warmup).all()
+        for r, t, e in zip(idx.row, idx.target, idx.hist_end):
+            assert (seq.ts[seq.offsets[r] : e] < seq.ts[t]).all()  # strictly earlier...
+            assert (seq.ts[e : seq.offsets[r + 1]] >= seq.ts[t]).all()  # ...and every strictly earlier event is history
+        if len(idx):  # the window the models see: the most recent `width` history events, front-padded
+            b = NextItemDataset(seq, idx, width).__getitems__(np.arange(len(idx)))
+            n = np.minimum(idx.hist_end - start, width)
+            assert (b["hist_len"].numpy() == n).all() and (b["target"].numpy() == seq.item[idx.target]).all()
+            pos = np.where(b["hist_item"].numpy() > 0)
+            flat = idx.hist_end[pos[0]] - width + pos[1]  # the flat position each real slot was read from
+            assert (flat >= start[pos[0]]).all() and (seq.ts[flat] < seq.ts[idx.target[pos[0]]]).all()
+        if method == "cut":
+            ts = seq.ts[idx.target]
+            assert {"train": ts <= vcut, "valid": (ts > vcut) & (ts <= cut), "test": ts > cut}[name].all()
+    if method == "loo":
+        last = seq.offsets[1:] - 1
+        assert set(sets["test"].target) <= set(last) and set(sets["valid"].target) <= set(last - 1)
+        assert not set(sets["train"].target) & set(np.r_[last, last - 1])
+    # stride: consecutive training targets of a user are `stride` positions apart, the most recent one kept
+    tr = sets["train"]
+    for r in np.unique(tr.row):
+        t = tr.target[tr.row == r]
+        assert (np.diff(t) % stride == 0).all()
+
+
+def test_every_eligible_position_is_a_sample_exactly_once():
+    seq = _sequences([[0, 1, 2, 3, 4, 5], [0, 0, 5, 9]])
+    sets = build_index(seq, "cut", 4, 2, 1, 1)
+    assert sorted(np.concatenate([s.target for s in sets.values()])) == [1, 2, 3, 4, 5, 8, 9]
+    assert sets["train"].target.tolist() == [1, 2] and sets["valid"].target.tolist() == [3, 4]
+    assert sets["test"].target.tolist() == [5, 8, 9]
+    assert sets["test"].hist_end.tolist() == [5, 8, 9]  # user 2's events at ts 0 are both history of ts 5
+    loo = build_index(seq, "loo", None, None, 2, 2)
+    assert loo["test"].target.tolist() == [5, 9] and loo["valid"].target.tolist() == [4, 8]
+    assert loo["train"].target.tolist() == [3]  # positions 0..3 of user 1, stride 2 back from 3, >= 2 earlier events
+
+
+# -- negative samplers --------------------------------------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(n_items=st.integers(2, 40), seed=st.integers(0, 10**6), pop=st.booleans())
+def test_a_sampled_negative_is_never_the_positive(n_items, seed, pop):
+    rng = np.random.default_rng(seed)
+    w = np.r_[0.0, rng.integers(0, 5, n_items).astype(float)] if pop else np.r_[0.0, np.ones(n_items)]
+    w[rng.integers(1, n_items + 1)] += 1  # at least one item with mass
+    s = NegativeSampler(w)
+    pos = torch.as_tensor(rng.integers(1, n_items + 1, 64))
+    neg = s.sample(pos, 20, torch.Generator().manual_seed(seed))
+    assert neg.shape == (64, 20) and (neg != pos[:, None]).all() and (neg >= 1).all() and (neg <= n_items).all()
+    again = s.sample(pos, 20, torch.Generator().manual_seed(seed))
+    assert torch.equal(neg, again)  # seeded
+    heavy = (w[1:] > 0).sum() > 1
+    ok = torch.as_tensor(w)[neg] > 0  # only items with weight are drawn, unless the positive holds all of it
+    assert ok.all() or not heavy
+
+
+def test_popularity_sampler_draws_proportionally_to_weight_without_the_positive():
+    w = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    neg = NegativeSampler(w).sample(torch.full((4000,), 3), 50, torch.Generator().manual_seed(0))
+    freq = np.bincount(neg.numpy().ravel(), minlength=5) / neg.numel()
+    np.testing.assert_allclose(freq, [0, 1 / 7, 2 / 7, 0, 4 / 7], atol=0.01)
+    uni = NegativeSampler.uniform(4).sample(torch.full((4000,), 2), 50, torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(np.bincount(uni.numpy().ravel(), minlength=5) / uni.numel(), [0, 1 / 3, 0, 1 / 3, 1 / 3], atol=0.01)
+
+
+# -- ranking metrics, by hand --------------------------------------------------------------------------------------
+def test_metrics_match_hand_computed_values():
+    m = ranking_metrics(torch.tensor([0, 3, 15, 60, 200]), ks=(10, 20))
+    assert m["n"] == 5
+    assert m["hr@10"] == pytest.approx(2 / 5) and m["hr@20"] == pytest.approx(3 / 5) and m["recall@10"] == m["hr@10"]
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(5)) / 5)
+    assert m["ndcg@20"] == pytest.approx((1 + 1 / math.log2(5) + 1 / math.log2(17)) / 5)
+    assert m["mrr@10"] == pytest.approx((1 + 1 / 4) / 5)
+    assert m["mrr"] == pytest.approx((1 + 1 / 4 + 1 / 16 + 1 / 61 + 1 / 201) / 5)
+
+
+def test_metrics_with_several_targets_per_sample():
+    # sample 1: targets at list positions 1 and 12; sample 2: one target at 0 (-1 = no second target)
+    m = ranking_metrics(np.array([[1, 12], [0, -1]]), ks=(10,))
+    assert m["hr@10"] == 1.0 and m["recall@10"] == pytest.approx((1 / 2 + 1) / 2)
+    idcg2 = 1 + 1 / math.log2(3)
+    assert m["ndcg@10"] == pytest.approx(((1 / math.log2(3)) / idcg2 + 1) / 2)
+    assert m["mrr"] == pytest.approx((1 / 2 + 1) / 2)
+
+
+def test_ties_count_against_the_target():
+    pos = torch.tensor([1.0, 1.0])
+    scores = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.5, 0.5]])
+    assert count_above(pos, scores).tolist() == [2, 1]
+    assert count_above(pos, scores, torch.tensor([[False, True, True], [True, True, True]])).tolist() == [1, 1]
+    assert ranking_metrics(count_above(torch.zeros(3), torch.zeros(3, 99)))["hr@10"] == 0.0  # a constant model
+
+
+def test_losses_match_their_formulas():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    sig = torch.sigmoid
+    assert next_item_loss("bce", logits, None).item() == pytest.approx(
+        (-math.log(sig(torch.tensor(2.0))) - (math.log(1 - sig(torch.tensor(0.0))) + math.log(1 - sig(torch.tensor(-1.0)))) / 2))
+    assert next_item_loss("bpr", logits, None).item() == pytest.approx(
+        -(math.log(sig(torch.tensor(2.0))) + math.log(sig(torch.tensor(3.0)))) / 2)
+    z = math.exp(2) + 1 + math.exp(-1)
+    assert next_item_loss("sampled_softmax", logits, None).item() == pytest.approx(-math.log(math.exp(2) / z))
+    logq = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    zq = math.exp(2) * 2 + 4 + math.exp(-1) * 4
+    assert next_item_loss("sampled_softmax", logits, None, logq).item() == pytest.approx(-math.log(math.exp(2) * 2 / zq))
+    assert next_item_loss("ce", logits, torch.tensor([0])).item() == pytest.approx(-math.log(math.exp(2) / z))
+
+
+# -- models on the real Taobao slice --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def taobao_split(tmp_path_factory):
+    """The real Taobao slice through the normal pipeline: `lsdata ingest`, `lsdata split`."""
+    root = tmp_path_factory.mktemp("next") / "taobao"
+    r = CliRunner().invoke(app, ["ingest", "taobao", str(need(TAOBAO_SLICE)), "--out", str(root)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["split", str(root)])
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def _batch(root, name, n=16):
+    cls = models.get(name)
+    ds = open_dataset(root)
+    seq = load_sequences(ds)
+    method, cut, vcut, _ = split_protocol(ds)
+    idx = build_index(seq, method, cut, vcut, 1, 1)["train"]
+    m = ds.manifest
+    spec = DataSpec(m.dataset, "sequences", m.users, m.items, m.cates)
+    torch.manual_seed(0)
+    model = cls(spec, cls.make_params(spec.dataset, {"dropout": 0.0}))
+    rows = np.linspace(0, len(idx) - 1, n).astype(int)  # spread over users, long histories included
+    return model, NextItemDataset(seq, idx, model.p.max_len).__getitems__(rows), spec
+
+
+@pytest.mark.parametrize("name", NEXT)
+def test_model_shapes_and_gradients_reach_every_parameter(name, taobao_split):
+    model, batch, spec = _batch(taobao_split, name)
+    logits, extra = model(batch)
+    assert logits.shape == (16, spec.n_items + 1) and torch.isinf(logits[:, 0]).all()
+    assert torch.isfinite(logits[:, 1:]).all() and torch.isfinite(extra)
+    items = torch.randint(1, spec.n_items + 1, (16, 5))
+    sub, _ = model(batch, items)
+    torch.testing.assert_close(sub, logits.gather(1, items), rtol=1e-4, atol=1e-4)
+    (next_item_loss("ce", logits, batch["target"]) + next_item_loss("bpr", sub, None) + extra).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+@pytest.mark.parametrize("name", NEXT)
+def test_model_overfits_one_batch(name, taobao_split):
+    model, batch, _ = _batch(taobao_split, name)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        loss = next_item_loss("ce", model(batch)[0], batch["target"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        top = model(batch)[0].argmax(1)
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+    assert (top == batch["target"]).float().mean() >= 0.75
+
+
+# -- end to end: `lsdata train sasrec DATA` -------------------------------------------------------------------------
+def test_lsdata_train_sasrec_end_to_end_selects_on_valid_and_tests_once(taobao_split, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "sasrec", str(taobao_split), "--out", str(out), "--max-steps", "6",
+                                 "--eval-every", "2", "--batch-size", "64", "--device", "cpu", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "test ndcg@10" in r.output
+    for f in ("config.json", "log.csv", "metrics.json", "curve.png", "best.pt", "last.pt"):
+        assert (out / f).exists(), f
+    m = json.loads((out / "metrics.json").read_text())
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["split_method"] == "cut" and conf["loss"] == "bce" and conf["samples"]["test"] == m["test"]["n"] > 0
+    assert m["steps"] == 6 and m["selection"] == "valid ndcg@10 (full ranking)"
+    for k in ("hr", "recall", "ndcg", "mrr"):
+        for cut in (10, 20, 50, 100):
+            assert 0.0 <= m["test"]["full"][f"{k}@{cut}"] <= 1.0
+    rows = (out / "log.csv").read_text().splitlines()
+    valid = [x for x in rows if x.startswith("valid,")]
+    assert len(valid) == 3 and not any(x.startswith("test") for x in rows)
+    again = CliRunner().invoke(app, ["eval", str(out), "--split", "test"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["full"] == m["test"]["full"]
+
+
+def test_leave_one_out_and_options_flow_through(taobao_split, tmp_path):
+    cfg = TrainConfig(model="stamp", data=str(taobao_split), out=str(tmp_path / "s"), device="cpu", threads=1,
+                      max_steps=2, next_item=NextItemOptions(loss="sampled_softmax", negatives=7, sampler="popularity",
+                                                             stride=3, eval_negatives=20, select_on="sampled"))
+    m = train(cfg)
+    conf = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert (conf["loss"], conf["negatives"], conf["sampler"]) == ("sampled_softmax", 7, "popularity")
+    assert m["selection"] == "valid ndcg@10 (sampled ranking)" and m["test"]["eval_negatives"] == 20
+    r = CliRunner().invoke(app, ["split", str(taobao_split), "--method", "loo"])
+    assert r.exit_code == 0, r.output
+    try:
+        m = train(cfg.model_copy(update={"out": str(tmp_path / "l")}))
+        conf = json.loads((tmp_path / "l" / "config.json").read_text())
+        assert conf["split_method"] == "loo" and "leak" in conf["warnings"][0]
+        users = open_dataset(taobao_split).manifest.users
+        assert m["test"]["n"] <= users and m["valid"]["n"] <= users
+    finally:
+        assert CliRunner().invoke(app, ["split", str(taobao_split)]).exit_code == 0
