@@ -401,3 +401,18 @@ def test_head_norm_batch_uses_training_mode_batch_norm_and_affine_does_not():
     m(batch)
     assert all(int(b.num_batches_tracked) == 1 for b in bns)
     assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in build("din").head.net)
+
+
+def test_attention_scores_on_real_positions_only_equal_the_dense_scores_there():
+    from lsdata.models.blocks import DINAttention
+
+    torch.manual_seed(0)
+    att = DINAttention(8, 6, (10, 5), "sigmoid", query_proj=True)
+    q, keys = torch.randn(5, 8), torch.randn(5, 12, 6)
+    mask = torch.arange(12)[None, :] >= torch.tensor([12, 11, 9, 4, 10])[:, None]  # mostly padding: ragged path
+    ragged, dense = att.scores(q, keys, mask), att.scores(q, keys)
+    torch.testing.assert_close(ragged[mask], dense[mask], rtol=1e-6, atol=1e-6)
+    assert not ragged[~mask].any()
+    pooled, w = att(q, keys, mask)
+    dense_w = torch.softmax(dense.masked_fill(~mask, float("-inf")), -1).nan_to_num(0.0)
+    torch.testing.assert_close(w, dense_w, rtol=1e-6, atol=1e-6)

@@ -447,7 +447,7 @@ class DIEN(CTRModel):
     def forward(self, batch):
         x, mask, n, tgt = history(self.emb, batch, self.p.append_target)
         out, _, _ = run_rnn(self.gru, x, n)
-        s = self.att.scores(tgt, out)
+        s = self.att.scores(tgt, out, mask)
         a = masked_softmax(s, mask) if self.p.att_norm == "softmax" else torch.sigmoid(s) * mask
         hn = augru(self.augru, out, a, mask, self.p.augru)
         if self.p.append_target:

@@ -262,14 +262,23 @@ class DINAttention(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.norm = norm
 
-    def scores(self, q: Tensor, keys: Tensor) -> Tensor:
+    def scores(self, q: Tensor, keys: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``[B, T]`` raw scores. With a ``mask`` that leaves at least a quarter of the positions as padding,
+        the MLP runs on the real positions only (padding scores are 0; every caller masks them): lifelong
+        histories are mostly shorter than the layout width (mean 60 of 300 on the Taobao benchmark data), so
+        this is most of the attention's cost saved."""
         if self.proj is not None:
             q = self.proj(q)
+        if mask is not None and mask.numel() and int(mask.sum()) <= 0.75 * mask.numel():
+            b, t = mask.nonzero(as_tuple=True)
+            qr, kr = q[b], keys[b, t]
+            real = self.mlp(torch.cat([qr, kr, qr - kr, qr * kr], dim=-1)).squeeze(-1)
+            return real.new_zeros(mask.shape).index_put((b, t), real)
         q = q[:, None, :].expand_as(keys)
         return self.mlp(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)
 
     def forward(self, q: Tensor, keys: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        s = self.scores(q, keys)
+        s = self.scores(q, keys, mask)
         if self.norm == "softmax":
             w = masked_softmax(s, mask)
         else:
