@@ -30,7 +30,7 @@ from lsdata.loader import EpochSampler, collate
 from lsdata.models.base import DataSpec
 from lsdata.nextitem import NegativeSampler, NextItemDataset, build_index, load_sequences, popularity, split_protocol
 from lsdata.ranking import count_above, ranking_metrics
-from lsdata.train import Run
+from lsdata.train import Run, loader_generator
 
 
 def next_item_loss(kind: str, logits: torch.Tensor, target: torch.Tensor, logq: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,7 +90,8 @@ class NextItemRun(Run):
         train = self.eval_data("train")
         sampler = EpochSampler(len(train), self.batch_size, True, self.cfg.seed, self.rank, self.world)
         loader = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=self.cfg.workers,
-                                             persistent_workers=self.cfg.workers > 0)
+                                             persistent_workers=self.cfg.workers > 0,
+                                             generator=loader_generator(self.cfg.seed))
         valid = self.eval_data("valid")
         return train, loader, sampler, len(train), valid, len(valid)
 

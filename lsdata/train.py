@@ -111,7 +111,8 @@ class Run:
             n_train = len(train_data)
             sampler = EpochSampler(n_train, self.batch_size, True, cfg.seed, self.rank, self.world)
             loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler, collate_fn=collate,
-                                                 num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+                                                 num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
+                                                 generator=loader_generator(cfg.seed))
         valid_data = self.eval_data("valid")
         n_valid = len(valid_data) if isinstance(valid_data, LayoutDataset) else pq_rows(valid_data)
         return train_data, loader, sampler, n_train, valid_data, n_valid
@@ -206,6 +207,12 @@ def _selection_key(m: dict) -> float:
     if m.get("auc") is not None:
         return m["auc"]
     return -m["logloss"] if m.get("logloss") is not None else -math.inf
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """The DataLoader's own generator: without one, every new epoch iterator draws its worker base seed from the
+    global RNG, so a run resumed mid-epoch (one extra iterator) would continue with shifted dropout/negatives."""
+    return torch.Generator().manual_seed(seed)
 
 
 def _peak_rss_mib() -> float:

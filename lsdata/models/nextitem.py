@@ -36,7 +36,6 @@ class NextItemParams(BaseModel):
 
     emb_dim: int = Field(64, ge=1, description="item embedding size (d)")
     max_len: int = Field(50, ge=1, description="history window L: the most recent L events before the target")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout rate")
 
 
 class NextItemModel(nn.Module):
