@@ -70,11 +70,11 @@ class Sequences:
 
 
 def load_sequences(ds: Dataset) -> Sequences:
-    """All ``sequences/`` parts of a dataset, concatenated (row order = part order, users sorted in a part)."""
+    """All ``sequences/`` parts of a dataset as of its version (appended events included), concatenated."""
     parts = ds.parts("sequences")
     if not parts:
         raise InputError(f"{ds.root}: no sequences/ (XLong arrives without per-user sequences)")
-    df = pl.read_parquet([str(p) for p in parts], columns=["user", "item", "cate", "behavior", "ts"]).rechunk()
+    df = pl.concat([ds.read("sequences", p, ["user", "item", "cate", "behavior", "ts"]) for p in parts]).rechunk()
     item, off = flat_list(df["item"])
     return Sequences(df["user"].to_numpy(), off, item, flat_list(df["cate"])[0], flat_list(df["behavior"])[0],
                      flat_list(df["ts"])[0].astype(np.int64))

@@ -30,7 +30,7 @@ from lsdata.loader import EpochSampler, collate
 from lsdata.models.base import DataSpec
 from lsdata.nextitem import NegativeSampler, NextItemDataset, build_index, load_sequences, popularity, split_protocol
 from lsdata.ranking import count_above, ranking_metrics
-from lsdata.train import Run, loader_generator
+from lsdata.train import Run, loader_generator, pq_rows
 
 
 def next_item_loss(kind: str, logits: torch.Tensor, target: torch.Tensor, logq: torch.Tensor | None = None) -> torch.Tensor:
@@ -78,8 +78,8 @@ class NextItemRun(Run):
         self.method, cut, vcut, self.warnings = split_protocol(ds)
         self.seqs = load_sequences(ds)
         self.index = build_index(self.seqs, self.method, cut, vcut, cfg.next_item.warmup, cfg.next_item.stride)
-        m = ds.manifest
-        return DataSpec(m.dataset, "sequences", m.users, m.items, m.cates)
+        n = {k: pq_rows(ds.vocab_path(k)) for k in ("user", "item", "cate")}  # vocabularies as of the version
+        return DataSpec(ds.name, "sequences", n["user"], n["item"], n["cate"])
 
     def resolved(self) -> dict:
         return {**super().resolved(), "task": "next_item", "split_method": self.method, "warnings": self.warnings,
