@@ -538,18 +538,6 @@ def retrieve(
 
 
 @app.command()
-def version() -> None:
-    """Print the lsdata version."""
-    print(__version__)
-
-
-def main() -> None:  # pragma: no cover
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
-@app.command()
 def append(
     data: Annotated[Path, typer.Argument(help="Dataset directory (after ingest) to add a version to.")],
     paths: Annotated[list[Path], typer.Argument(help="New raw files in any format the dataset's source reads (plain, .gz, .bz2, .zip).")],
@@ -679,3 +667,15 @@ def store_remove(
     console.print(f"removed {name} ({path}) from the catalog")
 
 
+@app.command()
+def version() -> None:
+    """Print the lsdata version."""
+    print(__version__)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
