@@ -53,12 +53,13 @@ class Dataset:
     def layout_dir(self, name: str) -> Path:
         return self.root / "layouts" / name
 
-    def read(self, table: str, part: Path, columns: list[str] | None = None, users: pl.Series | None = None) -> pl.DataFrame:
+    def read(self, table: str, part: Path, columns: list[str] | None = None, users: pl.Series | None = None,
+             items: pl.Series | None = None) -> pl.DataFrame:
         """Partition ``part`` (a path from :meth:`parts`) of events/sequences/item_events as of :attr:`version`
-        (``users``: only those users' sequences)."""
+        (``users`` / ``items``: only those users' / items' rows, a prefiltered read)."""
         from lsdata import versions
 
-        return versions.read_part(self, table, part, columns, users)
+        return versions.read_part(self, table, part, columns, users, items)
 
     def vocab_path(self, name: str) -> Path:
         """``vocab/{user,item,cate}.parquet`` as of :attr:`version`."""

@@ -177,10 +177,11 @@ def publish_layouts(ds: Dataset, tmp: Path, writers: dict[str, LayoutWriter]) ->
     return reports
 
 
-def side_windows(ds: Dataset, samples: pl.DataFrame, width: int) -> Ranges:
+def side_windows(ds: Dataset, samples: pl.DataFrame, width: int, prefilter: bool = False) -> Ranges:
     """Most recent ``width`` item-side events of every sample's candidate, as ``[n, width]`` front-padded rows.
 
     Returned as :class:`Ranges` over the flattened matrices, so layouts re-window them like any sequence.
+    ``prefilter``: read only the samples' items' rows of each partition (for a batch touching few items).
     """
     parts = ds.parts("item_events")
     n = samples.height
@@ -193,7 +194,7 @@ def side_windows(ds: Dataset, samples: pl.DataFrame, width: int) -> Ranges:
         sel = np.flatnonzero(item % len(parts) == q)
         if sel.size == 0:
             continue
-        ev = ds.read("item_events", p)
+        ev = ds.read("item_events", p, items=pl.Series("item", np.unique(item[sel]), dtype=pl.Int32) if prefilter else None)
         key = (ev["item"].to_numpy().astype(np.int64) << 32) | ev["ts"].to_numpy()
         first = np.searchsorted(key, item[sel] << 32, side="left")
         stop = np.searchsorted(key, (item[sel] << 32) | ts[sel], side="left")  # strictly before ts

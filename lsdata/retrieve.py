@@ -25,11 +25,15 @@ datetime column) and optional ``item``, ``cate``, ``label``. Ids are dense (1-ba
 unless ``raw_ids``: then ``user``/``item`` are raw ids mapped through the vocabulary, unknown ones to 0
 (empty history / item side) and counted.
 
-Vectorised, never a Python loop per request. Requests are processed in chunks of ``batch``; per chunk,
-only the sequence and item-event partitions its users/items live in are read, and every request costs
+Vectorised, never a Python loop per request. Requests are processed in **rounds** of as many chunks of
+``batch`` as fit :data:`ROUND_BYTES` of window matrices (:func:`round_rows`; 100k+ requests of the Taobao
+hpmn widths per round). Per round, each sequence partition holding a requested user is read once (one
+merged read as of the version) and the history windows of all the round's requests in it are cut; each
+item-event partition holding a requested item is read once, only the requested items' rows (a prefiltered
+read). The round is then yielded chunk by chunk (one table of ``batch`` rows each). Every request costs
 ``O(log E)`` (one binary search in its partition's packed ``(row, ts)`` keys) plus ``O(W)`` for its window
-of width ``W``. Total: ``O(R (log E + W))`` plus one read of the touched partitions per chunk, memory
-``O(batch * W + one partition)``.
+of width ``W``. Total: ``O(R (log E + W))`` plus one read of the touched partitions per round (once per call
+unless the requests exceed a round), memory ``O(min(R, round) * W + one partition)``.
 """
 
 from __future__ import annotations
@@ -47,12 +51,23 @@ from lsdata.dataset import Dataset
 from lsdata.defaults import LayoutLengths
 from lsdata.events import parquet_options
 from lsdata.io import InputError, check_input_file, read_json
-from lsdata.layouts import HIST_FIELDS, NegativeSampler, Ranges, layout_table, lengths_for, side_windows, widths_of
+from lsdata.layouts import (
+    HIST_FIELDS,
+    SIDE_FIELDS,
+    NegativeSampler,
+    Ranges,
+    layout_table,
+    lengths_for,
+    side_windows,
+    subset,
+    widths_of,
+)
 from lsdata.samples import ends_before, flat_list, item_categories
 from lsdata.schemas import RETRIEVED_ROWS, LayoutReport, arrow_schema
 from lsdata.views import gather, window
 
-DEFAULT_BATCH = 1 << 16  #: requests per chunk: memory ~ batch * (9 * hist + 5 * side) bytes
+DEFAULT_BATCH = 1 << 16  #: requests per chunk (one output table / row group)
+ROUND_BYTES = 1 << 30  #: window matrices of one read round (see :func:`round_rows`)
 INT_COLUMNS = ("user", "item", "cate", "label")
 
 
@@ -135,6 +150,14 @@ def _dense(df: pl.DataFrame, ds: Dataset, col: str, raw_ids: bool, source: str) 
     return ids, 0
 
 
+def round_rows(batch: int, w: LayoutLengths) -> int:
+    """Requests per read round: as many whole chunks of ``batch`` as the round's window matrices
+    (``hist`` x 9 + ``side`` x 5 bytes a request) fit in :data:`ROUND_BYTES`, at least one chunk."""
+    per_request = w.hist * sum(t.bit_width // 8 for t in HIST_FIELDS.values()) + \
+        w.side * sum(t.bit_width // 8 for t in SIDE_FIELDS.values())
+    return max(ROUND_BYTES // per_request // batch, 1) * batch
+
+
 def user_partitions(ds: Dataset) -> np.ndarray:
     """``lut[user] = index of the sequences partition holding the user`` (-1 for 0 and unknown ids)."""
     n = pl.read_parquet(ds.vocab_path("user"), columns=["id"]).height
@@ -147,7 +170,7 @@ def user_partitions(ds: Dataset) -> np.ndarray:
 def history_windows(ds: Dataset, part_of: np.ndarray, users: np.ndarray, ts: np.ndarray, width: int) -> Ranges:
     """Most recent ``width`` events strictly before ``ts[k]`` of user ``users[k]``, as ``[n, width]`` front-padded
     rows wrapped in :class:`Ranges` (layouts re-window them like any sequence; windows of every layout are a
-    suffix of this one, so nothing is lost)."""
+    suffix of this one, so nothing is lost). Each partition holding a requested user is read once."""
     n = users.size
     mats = {f: np.zeros((n, width), t.to_pandas_dtype()) for f, t in HIST_FIELDS.items()}
     lens = np.zeros(n, np.int64)
@@ -197,28 +220,33 @@ def retrieve(
     cates = requests["cate"].to_numpy().astype(np.int32) if "cate" in requests.columns else lut[items]
     ts = requests["ts"].to_numpy().astype(np.int64)
     labels = requests["label"].cast(pl.Int8) if "label" in requests.columns else pl.Series("label", [None] * requests.height, pl.Int8)
-    part_of = user_partitions(ds)
     seed = seed if seed is not None else _split_seed(ds)
     negatives = NegativeSampler(lut.size - 1, lut, seed) if layout == "mimn" else None
     schema = arrow_schema(RETRIEVED_ROWS[layout], widths_of(layout, w))
-    for chunk, lo in enumerate(range(0, requests.height, batch)):
-        hi = min(lo + batch, requests.height)
+    part_of = user_partitions(ds)
+    step = round_rows(batch, w)
+    for first in range(0, requests.height, step):  # a round: every partition read once, then its chunks
+        last = min(first + step, requests.height)
         target = pl.DataFrame({
-            "user": pl.Series(users[lo:hi], dtype=pl.Int32),
+            "user": pl.Series(users[first:last], dtype=pl.Int32),
             # layout_table writes a label column; it is replaced by the request's (or null) below
-            "label": pl.zeros(hi - lo, pl.Int8, eager=True),
-            "item": pl.Series(items[lo:hi], dtype=pl.Int32),
-            "cate": pl.Series(cates[lo:hi], dtype=pl.Int32),
-            "ts": pl.Series(ts[lo:hi], dtype=pl.Int64),
+            "label": pl.zeros(last - first, pl.Int8, eager=True),
+            "item": pl.Series(items[first:last], dtype=pl.Int32),
+            "cate": pl.Series(cates[first:last], dtype=pl.Int32),
+            "ts": pl.Series(ts[first:last], dtype=pl.Int64),
         })
-        hist = history_windows(ds, part_of, users[lo:hi], ts[lo:hi], w.hist)
-        side = side_windows(ds, target, w.side)
-        t = layout_table(layout, w, target, hist, side, negatives, stream=chunk)
-        t = t.set_column(t.schema.get_field_index("label"), "label", labels[lo:hi].to_arrow())
-        t = t.add_column(0, "request", pa.array(np.arange(lo, hi, dtype=np.int64)))
-        report.rows += t.num_rows
-        report.empty_history += int(((hist.ends - hist.starts) == 0).sum())
-        yield t.cast(schema)
+        hist = history_windows(ds, part_of, users[first:last], ts[first:last], w.hist)
+        side = side_windows(ds, target, w.side, prefilter=True)
+        for lo in range(first, last, batch):
+            hi = min(lo + batch, last)
+            sel = np.arange(lo - first, hi - first)
+            h = subset(hist, sel)
+            t = layout_table(layout, w, target[lo - first:hi - first], h, subset(side, sel), negatives, stream=lo // batch)
+            t = t.set_column(t.schema.get_field_index("label"), "label", labels[lo:hi].to_arrow())
+            t = t.add_column(0, "request", pa.array(np.arange(lo, hi, dtype=np.int64)))
+            report.rows += t.num_rows
+            report.empty_history += int(((h.ends - h.starts) == 0).sum())
+            yield t.cast(schema)
 
 
 def _split_seed(ds: Dataset) -> int:

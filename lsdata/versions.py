@@ -80,36 +80,41 @@ def deltas(ds: Dataset, table: str, part: Path) -> list[Path]:
     return out
 
 
-def _read(path: Path, columns: list[str] | None, users: pl.Series | None) -> pl.DataFrame:
-    if users is None:
+def _read(path: Path, columns: list[str] | None, keys: dict[str, pl.Series]) -> pl.DataFrame:
+    if not keys:
         return pl.read_parquet(path, columns=columns)
-    # prefiltered: decode the user column, then only the matching rows of the others
-    lf = pl.scan_parquet(path, parallel="prefiltered").filter(pl.col("user").is_in(users.implode()))
+    # prefiltered: decode the key column(s), then only the matching rows of the others
+    lf = pl.scan_parquet(path, parallel="prefiltered")
+    for col, values in keys.items():
+        lf = lf.filter(pl.col(col).is_in(values.implode()))
     return (lf.select(columns) if columns else lf).collect()
 
 
 def read_part(
-    ds: Dataset, table: str, part: Path, columns: list[str] | None = None, users: pl.Series | None = None
+    ds: Dataset, table: str, part: Path, columns: list[str] | None = None, users: pl.Series | None = None,
+    items: pl.Series | None = None,
 ) -> pl.DataFrame:
-    """Partition ``part`` of ``table`` as of ``ds.version`` (see the module docstring); ``users`` (sequences
-    only) reads just those users' rows."""
+    """Partition ``part`` of ``table`` as of ``ds.version`` (see the module docstring); ``users`` reads just
+    those users' rows, ``items`` (events, item_events) just those items' rows (prefiltered reads; a row
+    filter commutes with the stable merge sort, so the rows kept are in the same order as in a full read)."""
     extra = deltas(ds, table, part)
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}")
-    if table == "sequences":
-        need = columns if columns is None or "user" in columns else ["user", *columns]
-        base = _read(part, need, users)
-        if not extra:
-            return base.select(columns) if columns else base
-        newer = pl.concat([_read(p, need, users) for p in reversed(extra)]).unique("user", keep="first", maintain_order=True)
-        merged = pl.concat([base.join(newer.select("user"), on="user", how="anti"), newer]).sort("user")
-        return merged.select(columns) if columns else merged
-    key = _ORDER[table]
-    need = columns if columns is None or {key, "ts"} <= set(columns) else list(dict.fromkeys([key, "ts", *columns]))
-    base = pl.read_parquet(part, columns=need)
+    if table == "sequences" and items is not None:
+        raise ValueError("sequences hold item lists: filter them by users only")
+    keys = {k: s for k, s in (("user", users), ("item", items)) if s is not None}
+    key = "user" if table == "sequences" else _ORDER[table]
+    order = [key] if table == "sequences" else [key, "ts"]
+    need = columns if columns is None or set(order) <= set(columns) else list(dict.fromkeys([*order, *columns]))
+    base = _read(part, need, keys)
     if not extra:
         return base.select(columns) if columns else base
-    merged = pl.concat([base, *(pl.read_parquet(p, columns=need) for p in extra)]).sort(key, "ts", maintain_order=True)
+    newer = [_read(p, need, keys) for p in extra]
+    if table == "sequences":  # a user's row from the newest version that has it
+        latest = pl.concat(newer[::-1]).unique("user", keep="first", maintain_order=True)
+        merged = pl.concat([base.join(latest.select("user"), on="user", how="anti"), latest]).sort("user")
+    else:
+        merged = pl.concat([base, *newer]).sort(*order, maintain_order=True)
     return merged.select(columns) if columns else merged
 
 

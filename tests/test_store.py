@@ -54,6 +54,30 @@ def test_retrieval_of_a_layouts_targets_returns_exactly_its_rows(taobao_layouts,
         assert not ((neg[:, :, None] == hist[:, None, :]) & (hist[:, None, :] > 0)).any()
 
 
+@pytest.mark.parametrize("layout", ["hpmn", "mimn"])
+def test_read_rounds_do_not_change_the_rows(taobao_layouts, monkeypatch, layout):
+    """Rounds (each partition read once per round) of one chunk, of two chunks, and one round for all give the
+    same tables, mimn's negatives included (their random stream is per chunk, not per round)."""
+    from lsdata import retrieve as retrieve_mod
+
+    ds = open_dataset(taobao_layouts)
+    lay = pl.concat([pl.read_parquet(ds.layout_dir(layout) / f"{s}.parquet") for s in SPLITS])
+    req = lay.select("user", "ts", "item", "label").sample(fraction=1.0, shuffle=True, seed=1)
+    w = retrieve_mod.layout_lengths(ds, layout, None)
+    per_request = w.hist * 9 + w.side * 5
+    outs = {}
+    for chunks in (1, 2, None):
+        monkeypatch.setattr(retrieve_mod, "ROUND_BYTES", chunks * 7 * per_request if chunks else 1 << 30)
+        assert retrieve_mod.round_rows(7, w) == (chunks * 7 if chunks else (1 << 30) // per_request // 7 * 7)
+        tables = list(retrieve(ds, req, layout, batch=7))
+        assert [t.num_rows for t in tables[:-1]] == [7] * (len(tables) - 1)
+        outs[chunks] = pl.concat([pl.from_arrow(t) for t in tables])
+    assert outs[1].equals(outs[None]) and outs[2].equals(outs[None])
+    cols = comparable(layout, lay)
+    assert outs[None].select(cols).equals(req.join(lay, on=["user", "ts", "item", "label"], how="left",
+                                                   maintain_order="left").select(cols))
+
+
 def naive(ds, user: int, ts: int, item: int, hist_w: int, side_w: int) -> tuple[list[int], list[int]]:
     """History items and item-side users strictly before ts, front-padded, by a Python scan (the reference)."""
     seq = pl.concat([pl.read_parquet(p) for p in ds.parts("sequences")]).filter(pl.col("user") == user).row(0, named=True)
