@@ -78,6 +78,32 @@ def test_ddp_with_two_gloo_processes_on_cpu(taobao_layouts, tmp_path):
     assert m["steps"] == 4
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["gru4rec", "hpmn"])
+def test_ddp_on_two_ranks_matches_one_process_with_the_global_batch(model, taobao_layouts, tmp_path):
+    """Rank r takes every 2nd index of the shared permutation, so the ranks' batches of 4 together are the single
+    process's batch of 8; DDP averages the ranks' mean gradients = the mean over the 8. Same init (seed), no
+    dropout: the weights after 3 steps must agree (up to float summation order)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["train", model, str(taobao_layouts), "--epochs", "1", "--max-steps", "3", "--device", "cpu",
+              "--set", "dropout=0.0", "--threads", "1"]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+           "-m", "lsdata.cli", *common, "--batch-size", "4", "--out", str(tmp_path / "ddp")]
+    one = [sys.executable, "-m", "lsdata.cli", *common, "--batch-size", "8", "--out", str(tmp_path / "one")]
+    for cmd in (ddp, one):
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    a = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "one" / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    ma = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert ma["steps"] == mb["steps"] == 3 and ma["world_size"] == 2
+    assert abs(ma["test"]["logloss"] - mb["test"]["logloss"]) < 1e-4
+
+
 def test_cli_reads_a_toml_config_and_set_overrides(taobao_layouts, tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('epochs = 1\nbatch_size = 4\n[params]\npooling = "mean"\n')
