@@ -151,26 +151,7 @@ class EventBuilder:
             pl.col("cate").sort_by(["ts", "src_file", "src_row"]).first().alias("cate_raw"),
         )
         users, cates, items = pl.collect_all([users, cates, items], engine="streaming")
-
-        def dense(df: pl.DataFrame, key: str) -> pl.DataFrame:
-            df = df.sort(key)
-            return df.with_columns(pl.int_range(1, df.height + 1, dtype=pl.Int32).alias("id")).rename({key: "raw"})
-
-        v_user = dense(users, "user").select("id", "raw", "count")
-        v_cate = dense(cates, "cate").select("id", "raw", "count")
-        v_item = dense(items, "item")
-        if item_category is not None:
-            v_item = (
-                v_item.join(item_category.rename({"item": "raw", "cate": "meta_cate"}), on="raw", how="left")
-                .with_columns(pl.coalesce("meta_cate", "cate_raw").alias("cate_raw"))
-                .drop("meta_cate")
-            )
-        v_item = (
-            v_item.join(v_cate.select(pl.col("raw").alias("cate_raw"), pl.col("id").alias("cate")), on="cate_raw", how="left")
-            .sort("id")
-            .select("id", "raw", "count", pl.col("cate").fill_null(0).cast(pl.Int32))
-        )
-        return {"user": v_user, "item": v_item, "cate": v_cate}
+        return dense_vocabs(users, cates, items, item_category)
 
     def finish(
         self,
@@ -184,47 +165,26 @@ class EventBuilder:
         if self.rows == 0:
             raise ValueError("no events to write")
         vocabs = self.build_vocabs(item_category)
-        raw_arrow = pl.DataFrame(schema={"raw": self.raw_type}).to_arrow().schema.field("raw").type
-        for name, v in vocabs.items():
-            model = ItemVocabRow if name == "item" else VocabRow
-            t = v.to_arrow().cast(arrow_schema(model, raw_type=raw_arrow))
-            write_parquet(t, out / "vocab" / f"{name}.parquet")
+        write_vocabs(vocabs, out, self.raw_type)
         remap = {k: _Remapper(v) for k, v in vocabs.items()}
         item_spill = _Spiller(self.workdir / "item_spill", self.partitions)
-        ev_schema = arrow_schema(EventRow)
-        seq_schema = arrow_schema(SequenceRow)
         ts_min, ts_max = None, None
         for p in range(self.partitions):
-            name = f"part-{p:05d}.parquet"
             if not self._spill_path(p).exists():
                 df = pl.DataFrame(schema=self.schema)
             else:
                 df = pl.read_ipc(self._spill_path(p))
-            df = df.with_columns(remap["user"](df["user"]), remap["item"](df["item"]), remap["cate"](df["cate"]))
-            # spills hold rows in (src_file, src_row) order, so a stable sort on (user, ts) packed into one
-            # int64 gives the full (user, ts, src_file, src_row) order
-            df = df.sort(_pack("user", "ts"), maintain_order=True)
+            df = write_user_partition(df, remap, out, p)
             if df.height:
                 lo, hi = df["ts"].min(), df["ts"].max()
                 ts_min = lo if ts_min is None else min(ts_min, lo)
                 ts_max = hi if ts_max is None else max(ts_max, hi)
-            events = df.select(list(EventRow.model_fields)).to_arrow().cast(ev_schema)
-            write_parquet(events, out / "events" / name, row_group_size=1 << 20)
-            write_parquet(group_sequences(df).cast(seq_schema), out / "sequences" / name)
-            item_spill.add(
-                df.select("item", "ts", "src_file", "src_row", "user", "behavior").with_columns(
-                    (pl.col("item") % self.partitions).alias("_p")
-                )
-            )
+            item_spill.add(item_rows(df, self.partitions))
             self._spill_path(p).unlink(missing_ok=True)
             if progress:
                 progress(df.height)
-        item_schema = arrow_schema(ItemEventRow)
         for p in range(self.partitions):
-            df = item_spill.read(p)
-            df = df.sort(_pack("item", "ts"), (pl.col("src_file").cast(pl.Int64) * (1 << 40)) + pl.col("src_row"))
-            t = df.select(list(ItemEventRow.model_fields)).to_arrow().cast(item_schema)
-            write_parquet(t, out / "item_events" / f"part-{p:05d}.parquet", row_group_size=1 << 20)
+            write_item_partition(item_spill.read(p), out, p)
         return {
             "events": self.rows,
             "users": vocabs["user"].height,
@@ -233,6 +193,75 @@ class EventBuilder:
             "ts_min": ts_min,
             "ts_max": ts_max,
         }
+
+
+def dense_vocabs(
+    users: pl.DataFrame, cates: pl.DataFrame, items: pl.DataFrame, item_category: pl.DataFrame | None = None
+) -> dict[str, pl.DataFrame]:
+    """Dense vocabularies from per-raw-id aggregates (any engine): ``users`` (user, count), ``cates`` (cate, count),
+    ``items`` (item, count, cate_raw = the category of the item's earliest event). Dense id = rank of the raw id,
+    1-based; ``item_category`` (raw item -> raw cate) overrides an item's category where it has one."""
+
+    def dense(df: pl.DataFrame, key: str) -> pl.DataFrame:
+        df = df.sort(key)
+        return df.with_columns(pl.int_range(1, df.height + 1, dtype=pl.Int32).alias("id")).rename({key: "raw"})
+
+    v_user = dense(users, "user").select("id", "raw", "count")
+    v_cate = dense(cates, "cate").select("id", "raw", "count")
+    v_item = dense(items, "item")
+    if item_category is not None:
+        v_item = (
+            v_item.join(item_category.rename({"item": "raw", "cate": "meta_cate"}), on="raw", how="left")
+            .with_columns(pl.coalesce("meta_cate", "cate_raw").alias("cate_raw"))
+            .drop("meta_cate")
+        )
+    v_item = (
+        v_item.join(v_cate.select(pl.col("raw").alias("cate_raw"), pl.col("id").alias("cate")), on="cate_raw", how="left")
+        .sort("id")
+        .select("id", "raw", "count", pl.col("cate").fill_null(0).cast(pl.Int32))
+    )
+    return {"user": v_user, "item": v_item, "cate": v_cate}
+
+
+def write_vocabs(vocabs: dict[str, pl.DataFrame], out: Path, raw_type: pl.DataType) -> None:
+    """``out/vocab/{user,item,cate}.parquet``."""
+    raw_arrow = pl.DataFrame(schema={"raw": raw_type}).to_arrow().schema.field("raw").type
+    for name, v in vocabs.items():
+        model = ItemVocabRow if name == "item" else VocabRow
+        t = v.to_arrow().cast(arrow_schema(model, raw_type=raw_arrow))
+        write_parquet(t, out / "vocab" / f"{name}.parquet")
+
+
+def write_user_partition(df: pl.DataFrame, remap: dict[str, Callable[[pl.Series], pl.Series]], out: Path, p: int) -> pl.DataFrame:
+    """User partition ``p``: raw events **in (src_file, src_row) order** -> ``events/`` and ``sequences/`` part ``p``.
+
+    Returns the partition remapped to dense ids and sorted by (user, ts, src_file, src_row).
+    """
+    name = f"part-{p:05d}.parquet"
+    df = df.with_columns(remap["user"](df["user"]), remap["item"](df["item"]), remap["cate"](df["cate"]))
+    # rows arrive in (src_file, src_row) order, so a stable sort on (user, ts) packed into one int64 gives the
+    # full (user, ts, src_file, src_row) order
+    df = df.sort(_pack("user", "ts"), maintain_order=True)
+    events = df.select(list(EventRow.model_fields)).to_arrow().cast(arrow_schema(EventRow))
+    write_parquet(events, out / "events" / name, row_group_size=1 << 20)
+    write_parquet(group_sequences(df).cast(arrow_schema(SequenceRow)), out / "sequences" / name)
+    return df
+
+
+ITEM_ROW_SCHEMA = {"item": pl.Int32, "ts": pl.Int64, "src_file": pl.Int16, "src_row": pl.Int64, "user": pl.Int32, "behavior": pl.Int8}
+
+
+def item_rows(df: pl.DataFrame, partitions: int) -> pl.DataFrame:
+    """A user partition's (dense) events as item-side rows, with ``_p`` = their item partition (item % partitions)."""
+    return df.select(list(ITEM_ROW_SCHEMA)).with_columns((pl.col("item") % partitions).alias("_p"))
+
+
+def write_item_partition(df: pl.DataFrame, out: Path, p: int) -> None:
+    """Item partition ``p`` (rows of :func:`item_rows`, any order) -> ``item_events/`` part ``p``, sorted by
+    (item, ts, src_file, src_row)."""
+    df = df.sort(_pack("item", "ts"), (pl.col("src_file").cast(pl.Int64) * (1 << 40)) + pl.col("src_row"))
+    t = df.select(list(ItemEventRow.model_fields)).to_arrow().cast(arrow_schema(ItemEventRow))
+    write_parquet(t, out / "item_events" / f"part-{p:05d}.parquet", row_group_size=1 << 20)
 
 
 def _pack(hi: str, ts: str) -> pl.Expr:

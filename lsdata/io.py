@@ -91,20 +91,23 @@ def open_binary(path: str | Path) -> Iterator[IO[bytes]]:
             yield f
 
 
-def iter_line_chunks(path: str | Path, chunk_bytes: int) -> Iterator[tuple[int, int, bytes]]:
+def iter_line_chunks(
+    path: str | Path, chunk_bytes: int, span: tuple[int, int] | None = None, first_line: int = 1
+) -> Iterator[tuple[int, int, bytes]]:
     """Yield ``(first_line_number, n_lines, chunk)``; each chunk holds ``n_lines`` whole lines (1-based numbering).
 
     Every chunk but possibly the last ends with ``b"\\n"``; a final line without a newline is
     completed with one, so each input line appears in exactly one chunk and the line numbers of
     consecutive chunks add up (``next_first = first + n_lines``).
+
+    ``span=(start, end)`` (plain files only) reads just the lines that *start* at a byte offset in
+    ``[start, end)``, numbered from ``first_line`` (see :func:`count_span_lines`): consecutive spans cover
+    every line exactly once, which is how a distributed engine splits one large file between tasks.
     """
-    line_no = 1
+    line_no = first_line
     rest = b""
     with open_binary(path) as f:
-        while True:
-            block = f.read(chunk_bytes)
-            if not block:
-                break
+        for block in _span_blocks(f, chunk_bytes, span):
             block = rest + block
             cut = block.rfind(b"\n")
             if cut < 0:
@@ -116,6 +119,41 @@ def iter_line_chunks(path: str | Path, chunk_bytes: int) -> Iterator[tuple[int, 
             line_no += n
     if rest:
         yield line_no, 1, rest + b"\n"
+
+
+def _span_blocks(f: IO[bytes], chunk_bytes: int, span: tuple[int, int] | None) -> Iterator[bytes]:
+    """Raw blocks of ``f`` holding exactly the lines that start in ``span`` (the whole stream if None)."""
+    if span is None:
+        while block := f.read(chunk_bytes):
+            yield block
+        return
+    start, end = span
+    pos = 0
+    if start > 0:  # the first line starting at or after `start`: skip past the newline at or after start - 1
+        f.seek(start - 1)
+        pos = start - 1 + len(f.readline())
+    last = b"\n"
+    while pos < end:
+        block = f.read(min(chunk_bytes, end - pos))
+        if not block:
+            return
+        pos += len(block)
+        last = block[-1:]
+        yield block
+    if last != b"\n":  # the line that straddles `end` belongs to this span
+        tail = f.readline()
+        if tail:
+            yield tail
+
+
+def count_span_lines(path: str | Path, span: tuple[int, int], chunk_bytes: int = 64 << 20) -> int:
+    """Number of lines that start in ``span`` of a plain file (what :func:`iter_line_chunks` yields for it)."""
+    n, last = 0, b"\n"
+    with open_binary(path) as f:
+        for block in _span_blocks(f, chunk_bytes, span):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
 
 
 def head_lines(path: str | Path, n: int = 5, max_bytes: int = 1 << 20) -> list[bytes]:

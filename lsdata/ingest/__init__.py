@@ -20,7 +20,7 @@ from pathlib import Path
 from lsdata.defaults import DEFAULT_PARTITION_BYTES, MAX_PARTITIONS, IngestOptions
 from lsdata.events import EventBuilder
 from lsdata.ingest import amazon, taobao, xlong
-from lsdata.ingest.common import IngestContext, Quarantine, reconcile
+from lsdata.ingest.common import FileTask, IngestContext, Quarantine, reconcile
 from lsdata.io import InputError, check_input_file, file_bytes, publish, sha256_file, staging_dir, write_model_atomic
 from lsdata.schemas import Manifest
 
@@ -49,6 +49,22 @@ def output_hashes(root: Path, entries: list[str]) -> dict[str, str]:
     return out
 
 
+def source_module(dataset: str, paths: list[str]):
+    """The source module of ``dataset``, after checking that every input exists and is not empty."""
+    if dataset not in SOURCES:
+        raise InputError(f"unknown dataset {dataset!r}; choose from {', '.join(SOURCES)}")
+    if not paths:
+        raise InputError("no input files given")
+    for p in paths:
+        check_input_file(p)
+    return SOURCES[dataset]
+
+
+def check_events(rows: int, paths: list[str], quarantine: Quarantine) -> None:
+    if rows == 0:
+        raise InputError(f"no valid events in {', '.join(paths)} ({quarantine.count} rows quarantined); nothing to write")
+
+
 def ingest(
     dataset: str,
     paths: list[str],
@@ -58,13 +74,7 @@ def ingest(
 ) -> Manifest:
     """Run the ingest stage; returns the manifest that was written to ``out/manifest.json``."""
     options = options or IngestOptions()
-    if dataset not in SOURCES:
-        raise InputError(f"unknown dataset {dataset!r}; choose from {', '.join(SOURCES)}")
-    if not paths:
-        raise InputError("no input files given")
-    for p in paths:
-        check_input_file(p)
-    mod = SOURCES[dataset]
+    mod = source_module(dataset, paths)
     out = Path(out)
     if hasattr(mod, "ingest"):
         return mod.ingest(paths, out, options, progress)
@@ -78,26 +88,31 @@ def ingest(
         for t in tasks:
             if t.kind in mod.EVENT_KINDS:
                 mod.read(t, ctx)
-        if builder.rows == 0:
-            raise InputError(
-                f"no valid events in {', '.join(paths)} ({quarantine.count} rows quarantined); nothing to write"
-            )
+        check_events(builder.rows, paths, quarantine)
         summary = builder.finish(tmp, item_cat)
-        shutil.rmtree(tmp / "work", ignore_errors=True)
-        quarantine.write(tmp / "quarantine.parquet")
-        sources = [reconcile(t, ctx.file(t), sha256_file(t.path), file_bytes([t.path])) for t in tasks]
-        manifest = Manifest(
-            dataset=dataset,
-            synthetic=all(is_synthetic(p) for p in paths),
-            options=options.model_dump(mode="json"),
-            sources=sources,
-            partitions=partitions,
-            quarantined=quarantine.count,
-            files=output_hashes(tmp, OUTPUTS[:-1]),
-            **summary,
-        )
-        write_model_atomic(tmp / "manifest.json", manifest)
-        for d in DOWNSTREAM:
-            shutil.rmtree(out / d, ignore_errors=True) if (out / d).is_dir() else (out / d).unlink(missing_ok=True)
-        publish(tmp, out, OUTPUTS, "manifest.json")
+        return publish_ingest(tmp, out, dataset, paths, options, tasks, ctx, partitions, summary)
+
+
+def publish_ingest(
+    tmp: Path, out: Path, dataset: str, paths: list[str], options: IngestOptions, tasks: list[FileTask],
+    ctx: IngestContext, partitions: int, summary: dict,
+) -> Manifest:
+    """The end of every engine's ingest: quarantine, reconciled per-file reports, manifest (last), publish ``tmp``."""
+    shutil.rmtree(tmp / "work", ignore_errors=True)
+    ctx.quarantine.write(tmp / "quarantine.parquet")
+    sources = [reconcile(t, ctx.file(t), sha256_file(t.path), file_bytes([t.path])) for t in tasks]
+    manifest = Manifest(
+        dataset=dataset,
+        synthetic=all(is_synthetic(p) for p in paths),
+        options=options.model_dump(mode="json"),
+        sources=sources,
+        partitions=partitions,
+        quarantined=ctx.quarantine.count,
+        files=output_hashes(tmp, OUTPUTS[:-1]),
+        **summary,
+    )
+    write_model_atomic(tmp / "manifest.json", manifest)
+    for d in DOWNSTREAM:
+        shutil.rmtree(out / d, ignore_errors=True) if (out / d).is_dir() else (out / d).unlink(missing_ok=True)
+    publish(tmp, out, OUTPUTS, "manifest.json")
     return manifest

@@ -25,11 +25,17 @@ TEXT_LIMIT = 500
 
 @dataclass
 class FileTask:
-    """One input file with its recognised kind and its index (the ``src_file`` tie-break)."""
+    """One input file with its recognised kind and its index (the ``src_file`` tie-break).
+
+    ``span``/``first_line``: only the lines starting in that byte range of a plain file, numbered from
+    ``first_line`` (a distributed engine's share of the file, :func:`lsdata.io.iter_line_chunks`).
+    """
 
     path: str
     kind: str
     index: int
+    span: tuple[int, int] | None = None
+    first_line: int = 1
 
 
 @dataclass

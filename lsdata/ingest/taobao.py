@@ -117,7 +117,7 @@ def read(task: FileTask, ctx: IngestContext) -> None:
             raise InputError(f"--behaviors: unknown type(s) {sorted(unknown)}; choose from {','.join(TAOBAO_BEHAVIORS)}")
         keep_codes = [_CODES[b] for b in opts.behaviors]
     lo, hi = opts.window
-    for first, n_lines, chunk in iter_line_chunks(task.path, opts.chunk_bytes):
+    for first, n_lines, chunk in iter_line_chunks(task.path, opts.chunk_bytes, task.span, task.first_line):
         counts.read += n_lines
         good = _fast(chunk, n_lines)
         if good is not None:

@@ -1,0 +1,95 @@
+"""The pipeline on Apache Spark (``--engine spark``): the same stages, the same per-partition code, the same files.
+
+Nothing here re-implements a stage. Spark distributes the work and does the aggregations; every row is parsed,
+remapped, sorted, grouped and written by the single-machine functions, called inside Arrow UDFs
+(``mapInArrow`` / ``groupBy().applyInArrow``):
+
+==============  ===========================================================  =======================================
+stage           runs per Spark task (single-machine function)                Spark does
+==============  ===========================================================  =======================================
+ingest: parse   ``source.read`` on one byte span of a raw file               line counts per span, span -> task
+ingest: vocab   (``events.dense_vocabs`` on the driver, over the aggregates)  ``groupBy(raw id)`` counts, ``min_by``
+ingest: users   ``events.write_user_partition`` on one user-hash partition   shuffle by ``partition_of(user)``
+ingest: items   ``events.write_item_partition`` on one item partition        shuffle by ``item % partitions``
+split           ``samples.user_last`` / ``samples.locate_part`` per part    exact quantile cut from a histogram
+layouts         ``layouts.side_part`` / ``layouts.part_tables`` per part     join of samples, side windows, parts
+==============  ===========================================================  =======================================
+
+The outputs are those of the single-machine engine on the same input, options and seed: the same files with the
+same rows in the same order (``tests/test_spark.py`` compares them). Tasks write their partition's files straight
+into the stage's staging directory (named by partition, so a retried task rewrites the same file) and the driver
+publishes it when every job has finished, manifest/report last, exactly as the single-machine engine does. The
+staging directory and the inputs must therefore be on a file system every executor sees (any path in
+``local[N]`` mode; a shared mount on a cluster), and executors need lsdata installed (or ``--py-files``).
+
+Run it with ``lsdata ingest|split|layout ... --engine spark [--spark-master URL]`` or through ``spark-submit``::
+
+    spark-submit --master local[2] --driver-memory 4g -m lsdata.spark.submit ingest taobao UserBehavior.csv --out d
+
+(``python -m lsdata.spark.submit`` takes the same arguments as ``lsdata``; see :mod:`lsdata.spark.submit`.)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+DEFAULT_MASTER = "local[2]"
+DEFAULT_DRIVER_MEMORY = "4g"
+DEFAULT_SHUFFLE_PARTITIONS = 4
+
+
+def session(
+    master: str | None = DEFAULT_MASTER,
+    driver_memory: str = DEFAULT_DRIVER_MEMORY,
+    shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS,
+    conf: dict[str, str] | None = None,
+):
+    """A SparkSession for lsdata (``getOrCreate``: an active session, e.g. from ``spark-submit``, is reused).
+
+    ``master`` None leaves the master to ``spark-submit``. Python workers run this interpreter, so they import
+    the same lsdata, polars and pyarrow as the driver.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        from lsdata.io import InputError
+
+        raise InputError("--engine spark needs PySpark: pip install 'lsdata[spark]' (and Java 17+)") from e
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    b = SparkSession.builder.appName("lsdata")
+    if master:
+        b = b.master(master)
+    settings = {
+        "spark.driver.memory": driver_memory,
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        **(conf or {}),
+    }
+    for k, v in settings.items():
+        b = b.config(k, v)
+    spark = b.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def tasks(spark, n: int):
+    """A DataFrame with one row ``id`` = 0..n-1 per Spark partition: the i-th unit of work runs as its own task."""
+    return spark.range(0, n, 1, numPartitions=max(n, 1))
+
+
+def ids(batches) -> list[int]:
+    """The ``id`` values of a ``mapInArrow`` input (the rows of :func:`tasks` that reached this task)."""
+    return [i for b in batches for i in b.column("id").to_pylist()]
+
+
+def schema_of(arrow_schema):
+    """The Spark schema (StructType) of an Arrow schema, for a UDF's declared output."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(arrow_schema)
