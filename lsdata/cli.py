@@ -226,13 +226,14 @@ def stats(
     data: Annotated[Path, typer.Argument(help="Dataset directory.")],
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG histogram of user-side and item-side lengths here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full statistics as JSON on stdout.")] = False,
+    as_of_version: Annotated[Optional[int], typer.Option(help="Statistics as of this version (1 = the ingest; default the latest).")] = None,
 ) -> None:
     """Users, items, events, sequence-length quantiles, behaviour counts (and a plot)."""
     from lsdata import stats as stats_mod
     from lsdata.dataset import open_dataset
 
     with _errors():
-        ds = open_dataset(data)
+        ds = open_dataset(data, as_of_version)
         s = stats_mod.compute(ds)
         if as_json:
             print(s.model_dump_json(indent=2))
@@ -246,13 +247,14 @@ def stats(
 def validate(
     data: Annotated[Path, typer.Argument(help="Dataset directory.")],
     max_rows: Annotated[Optional[int], typer.Option(help="Check at most this many rows per layout file (default all).")] = None,
+    as_of_version: Annotated[Optional[int], typer.Option(help="Validate as of this version (1 = the ingest; default the latest).")] = None,
 ) -> None:
     """Re-check sort order, the split rule, leakage (nothing at/after a target's time) and schemas. Exit 1 on any violation."""
     from lsdata import validate as validate_mod
     from lsdata.dataset import open_dataset
 
     with _errors():
-        problems = validate_mod.validate(open_dataset(data), max_rows=max_rows)
+        problems = validate_mod.validate(open_dataset(data, as_of_version), max_rows=max_rows)
     if problems:
         for p in problems:
             print(p)

@@ -1,9 +1,12 @@
-"""``lsdata stats``: what a dataset holds, computed by streaming over its Parquet files.
+"""``lsdata stats``: what a dataset holds as of a version, computed partition by partition.
 
-:func:`compute` never loads a whole table: per-user lengths come from the ``length`` column of
-``sequences/`` (one integer per user), per-item lengths from the ``count`` column of ``vocab/item.parquet``
-(one integer per item, equal to the item's number of rows in ``item_events/``), behaviour counts and the
-time range from one streaming aggregation over ``events/``. Split and layout facts are read from
+:func:`compute` never loads a whole table: every table is read through :meth:`Dataset.read` (one partition
+at a time, appended versions merged in), so the numbers are those of ``ds.version``. Per-user lengths come
+from the ``length`` column of ``sequences/`` (one integer per user), per-item lengths from the ``count``
+column of the item vocabulary as of the version (one integer per item, equal to the item's number of rows
+in ``item_events/``), behaviour counts and the time range from per-partition aggregations of ``events/``
+(two columns of one partition in memory at a time). Users/items/cates are the version's totals
+(``manifest.json`` or its ``versions.json`` entry). Split and layout facts are read from
 ``split/samples.parquet`` (aggregated lazily) and the ``report.json`` files.
 
 XLong datasets arrive as samples (``xlong/{split}.parquet``, list columns ``hist_item`` and ``side_user``):
@@ -23,6 +26,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
+from lsdata import versions
 from lsdata.dataset import Dataset
 from lsdata.defaults import LAYOUTS, SPLITS, Behavior
 
@@ -96,17 +100,15 @@ def seq_lengths(ds: Dataset) -> pl.LazyFrame:
     """Per-user sequence lengths (column ``length``), or per-sample history lengths for XLong."""
     if ds.name == "xlong":
         return _xlong_lengths(ds, "hist_item")
-    parts = [str(p) for p in ds.parts("sequences")]
-    if not parts:
-        return pl.LazyFrame(schema={"length": pl.Int32})
-    return pl.scan_parquet(parts).select("length")
+    frames = [ds.read("sequences", p, ["length"]) for p in ds.parts("sequences")]  # one integer per user
+    return pl.concat(frames).lazy() if frames else pl.LazyFrame(schema={"length": pl.Int32})
 
 
 def item_lengths(ds: Dataset) -> pl.LazyFrame:
     """Events per item (column ``length``), or per-sample item-side lengths for XLong."""
     if ds.name == "xlong":
         return _xlong_lengths(ds, "side_user")
-    p = ds.root / "vocab" / "item.parquet"
+    p = ds.vocab_path("item")
     if not p.exists():
         return pl.LazyFrame(schema={"length": pl.Int64})
     return pl.scan_parquet(p).select(pl.col("count").alias("length"))
@@ -133,16 +135,19 @@ def _behavior_name(code: int) -> str:
 
 
 def _event_stats(ds: Dataset) -> tuple[int | None, dict[str, int], int | None, int | None]:
-    """(events, behaviour counts, ts_min, ts_max) from one streaming pass over ``events/``."""
-    parts = [str(p) for p in ds.parts("events")]
+    """(events, behaviour counts, ts_min, ts_max) from per-partition aggregations of ``events/``."""
+    parts = ds.parts("events")
     if not parts:
         return None, {}, None, None
-    lf = pl.scan_parquet(parts)
-    by = (
-        lf.group_by("behavior")
+    per_part = [
+        ds.read("events", p, ["behavior", "ts"]).group_by("behavior")
         .agg(pl.len().alias("n"), pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi"))
+        for p in parts
+    ]
+    by = (
+        pl.concat(per_part).group_by("behavior")
+        .agg(pl.col("n").sum(), pl.col("lo").min(), pl.col("hi").max())
         .sort("behavior")
-        .collect(engine="streaming")
     )
     behaviors = {_behavior_name(int(b)): int(n) for b, n in zip(by["behavior"], by["n"])}
     events = int(by["n"].sum()) if by.height else 0
@@ -197,8 +202,8 @@ def finished_layouts(ds: Dataset) -> list[str]:
 
 
 def compute(ds: Dataset) -> Stats:
-    """Statistics of a dataset; see the module docstring for where each number comes from."""
-    m = ds.manifest
+    """Statistics of a dataset as of ``ds.version``; see the module docstring for where each number comes from."""
+    m = versions.totals(ds)[1]  # manifest.json, or the version's versions.json entry
     if ds.name == "xlong":
         events, behaviors, lo, hi = None, {}, None, None
     else:
@@ -206,7 +211,7 @@ def compute(ds: Dataset) -> Stats:
     method, sets = _set_stats(ds)
     return Stats(
         dataset=ds.name,
-        synthetic=m.synthetic,
+        synthetic=ds.manifest.synthetic,
         users=m.users,
         items=m.items,
         cates=m.cates,

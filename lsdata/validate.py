@@ -5,17 +5,31 @@ Every check re-derives what the files should hold from the stored sequences with
 :mod:`lsdata.samples` or :mod:`lsdata.split`. :func:`validate` returns one message per violation (an empty
 list means the dataset is valid); each message names the file, the row (or user) and the field.
 
+A dataset is validated **as of a version** (``ds.version``, default the latest; see :mod:`lsdata.versions`):
+file-level checks cover the ingest's files and every delta file of versions 2..V, table checks read each
+partition as of V through :meth:`Dataset.read` (one partition in memory at a time) and the vocabularies
+through :meth:`Dataset.vocab_path`; the counts compared are V's (``manifest.json`` or its ``versions.json``
+entry). A message about one file names it (a delta: ``versions/NNNNN/...``); one about a merged partition
+names the base file and the deltas merged in.
+
 Checks (each runs on its own; one that cannot run reports why and the others still run):
 
 ``files``    ``manifest.json`` parses as :class:`~lsdata.schemas.Manifest` and the sha256 of every file it
-             lists matches; the part files are ``part-00000 .. part-{P-1}``; split/layout reports parse and the
-             layout files match the sha256 in their ``report.json``.
-``schema``   every Parquet file's Arrow schema equals :func:`lsdata.schemas.arrow_schema` of its row model
-             (layouts with the widths of their ``report.json``; vocab ``raw`` may be int64 or string).
-``tables``   events sorted by (user, ts, src_file, src_row) per part, ids in range; sequences sorted by user,
-             one row per user, ``length`` == list lengths, ``ts`` non-decreasing, and identical to the events
-             of the same part; item_events sorted by (item, ts), in part ``item % P``, and per item the same
-             events as ``events/``; vocab counts; manifest counts and time range.
+             lists matches; the part files are ``part-00000 .. part-{P-1}``; ``versions.json`` parses, lists
+             exactly the ``versions/`` directories present, numbered 2, 3, ... each on its parent, and no
+             appended source repeats an earlier source's sha256; each version's files (up to V) match the
+             sha256 of its entry, are all listed, and are named like the ingest's parts; split/layout reports
+             parse and the layout files match the sha256 in their ``report.json``.
+``schema``   every Parquet file's Arrow schema (delta files included) equals :func:`lsdata.schemas.arrow_schema`
+             of its row model (layouts with the widths of their ``report.json``; vocab ``raw`` may be int64 or
+             string, the same in every vocabulary file).
+``tables``   per file (base and deltas): events sorted by (user, ts, src_file, src_row), ids in range;
+             sequences sorted by user, one row per user, ``length`` == list lengths, ``ts`` non-decreasing;
+             item_events sorted by (item, ts), in part ``item % P``. Per partition as of V: merged events
+             still in (user, ts, src_file, src_row) order, sequences identical to the events of the same
+             part, item_events per item the same events as ``events/``. Vocabularies: ids dense 1..N in every
+             version's file, each version's file starting with the previous one's (id, raw) rows; counts;
+             V's counts and time range.
 ``split``    the split rule of :mod:`lsdata.split` recomputed from the users' last event times: the cut(s),
              every sample's set, one target per user (cut) / the last three events (loo), report counts.
 ``leakage``  every sample: ``hist_end`` == number of the user's events with ts < target ts, the target time
@@ -46,6 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
+from lsdata import versions
 from lsdata.dataset import Dataset
 from lsdata.defaults import SPLITS, Behavior
 from lsdata.io import read_json, sha256_file
@@ -61,6 +76,7 @@ from lsdata.schemas import (
     SampleRow,
     SequenceRow,
     SplitReport,
+    VersionLog,
     VocabRow,
     XLongSampleRow,
     arrow_schema,
@@ -194,7 +210,7 @@ def _width_keys(model: type) -> set[str]:
 
 
 def _vocab_table(ds: Dataset, name: str, columns: list[str]) -> pl.DataFrame:
-    return pl.read_parquet(ds.root / "vocab" / f"{name}.parquet", columns=columns)
+    return pl.read_parquet(ds.vocab_path(name), columns=columns)
 
 
 # --------------------------------------------------------------------------- a. files and schemas
@@ -207,12 +223,7 @@ def check_files(ds: Dataset, v: Violations) -> None:
     if manifest is None:
         v.add(c, f"manifest.json: does not parse as Manifest: {err}")
         return
-    for rel, sha in manifest.files.items():
-        p = ds.root / rel
-        if not p.is_file():
-            v.add(c, f"{rel}: listed in manifest.json files but missing")
-        elif sha256_file(p) != sha:
-            v.add(c, f"{rel}: sha256 differs from manifest.json files (the file changed after ingest)")
+    _check_hashes(ds, v, manifest.files, ds.root, "manifest.json files", "ingest")
     if ds.name != "xlong":
         on_disk = [p for d in ("vocab", *TABLE_DIRS) for p in sorted((ds.root / d).rglob("*")) if p.is_file()]
         on_disk += [ds.root / "quarantine.parquet"] if (ds.root / "quarantine.parquet").exists() else []
@@ -225,24 +236,78 @@ def check_files(ds: Dataset, v: Violations) -> None:
             if names != want:
                 v.add(c, f"{d}/: holds parts {names[:5]}{'...' if len(names) > 5 else ''}, expected "
                          f"part-00000..part-{manifest.partitions - 1:05d} (manifest.json partitions = {manifest.partitions})")
+        _check_versions(ds, v, manifest)
     if (ds.root / "split" / "report.json").exists():
         _, err = _parse(SplitReport, ds.root / "split" / "report.json")
         if err:
             v.add(c, f"split/report.json: does not parse as SplitReport: {err}")
     for name in _layout_names(ds):
         rel = f"layouts/{name}/report.json"
-        rep, _ = _parse(LayoutReport, ds.root / rel)
+        rep, err = _parse(LayoutReport, ds.root / rel)
         if rep is None:
             v.add(c, f"{rel}: does not parse as LayoutReport: {err}")
             continue
         if rep.layout != name:
             v.add(c, f"{rel}: layout is {rep.layout!r} but the directory is {name!r}")
-        for f, sha in rep.files.items():
-            p = ds.layout_dir(name) / f
-            if not p.is_file():
-                v.add(c, f"layouts/{name}/{f}: listed in {rel} but missing")
-            elif sha256_file(p) != sha:
-                v.add(c, f"layouts/{name}/{f}: sha256 differs from {rel} (the file changed after it was written)")
+        _check_hashes(ds, v, rep.files, ds.layout_dir(name), rel, "it was written")
+
+
+def _check_hashes(ds: Dataset, v: Violations, files: dict[str, str], base: Path, source: str, what: str) -> None:
+    """Every file of ``files`` (path relative to ``base`` -> sha256, as ``source`` lists them) exists with that sha256."""
+    for rel, sha in files.items():
+        p = base / rel
+        if not p.is_file():
+            v.add("files", f"{_rel(ds, p)}: listed in {source} but missing")
+        elif sha256_file(p) != sha:
+            v.add("files", f"{_rel(ds, p)}: sha256 differs from {source} (the file changed after {what})")
+
+
+def _check_versions(ds: Dataset, v: Violations, manifest: Manifest) -> None:
+    """``versions.json`` against ``versions/``: the versions listed are the directories present, numbered 2, 3, ...
+    each on the previous; no appended source has the sha256 of an earlier source. The files of each version up
+    to ``ds.version`` match the sha256 its entry lists, are all listed, and are named like the ingest's parts."""
+    c = "files"
+    log_path, vdir = ds.root / versions.LOG, ds.root / versions.DIR
+    present = sorted(d.name for d in vdir.iterdir()) if vdir.is_dir() else []
+    log = None
+    if log_path.exists():
+        log, err = _parse(VersionLog, log_path)
+        if log is None:
+            v.add(c, f"{versions.LOG}: does not parse as VersionLog: {err}")
+            return
+    entries = log.versions if log else []
+    for k, info in enumerate(entries):
+        if (info.version, info.parent) != (k + 2, k + 1):
+            v.add(c, f"{versions.LOG} entry {k}: version {info.version} with parent {info.parent}, expected version "
+                     f"{k + 2} with parent {k + 1} (appended versions are 2, 3, ..., each on the previous)")
+    listed = [versions.version_dir(ds.root, info.version).name for info in entries]
+    for name in sorted(set(listed) - set(present)):
+        v.add(c, f"{versions.DIR}/{name}/: listed in {versions.LOG} but missing")
+    for name in sorted(set(present) - set(listed)):
+        v.add(c, f"{versions.DIR}/{name}: not listed in {versions.LOG} (left by an interrupted append: no reader uses "
+                 f"it and the next append removes it)")
+    seen = {s.sha256: (1, s.path) for s in manifest.sources}
+    for info in entries:
+        for src in info.sources:
+            if src.sha256 in seen:
+                ver, path = seen[src.sha256]
+                v.add(c, f"{versions.LOG} version {info.version}: source {src.path} has the sha256 of {path} (version "
+                         f"{ver}): the same data is in the dataset twice")
+            seen.setdefault(src.sha256, (info.version, src.path))
+    parts = {d: {p.name for p in ds.parts(d)} for d in TABLE_DIRS}
+    for info in entries:
+        d = versions.version_dir(ds.root, info.version)
+        if info.version > ds.version or not d.is_dir():
+            continue
+        _check_hashes(ds, v, info.files, ds.root, f"{versions.LOG} version {info.version} files", "the append")
+        for p in sorted(d.rglob("*")):
+            if p.is_file() and _rel(ds, p) not in info.files:
+                v.add(c, f"{_rel(ds, p)}: not listed in {versions.LOG} version {info.version} files")
+        for t in TABLE_DIRS:
+            for p in sorted((d / t).glob("*")):
+                if p.name not in parts[t]:
+                    v.add(c, f"{_rel(ds, p)}: not a partition of {t}/ (the ingest wrote part-00000..part-"
+                             f"{manifest.partitions - 1:05d}); no read merges it")
 
 
 def schema_diff(actual: pa.Schema, expected: pa.Schema) -> list[str]:
@@ -279,31 +344,12 @@ def _expect_schema(ds: Dataset, v: Violations, path: Path, expected: pa.Schema, 
 def check_schemas(ds: Dataset, v: Violations) -> None:
     """Every Parquet file's Arrow schema equals the one derived from its row model."""
     c = "schema"
-    tables = {"events": EventRow, "sequences": SequenceRow, "item_events": ItemEventRow}
-    for d, model in tables.items():
-        for p in ds.parts(d):
-            _expect_schema(ds, v, p, arrow_schema(model), model.__name__)
-    raw_types = {}
-    for name in ("user", "item", "cate"):
-        p = ds.root / "vocab" / f"{name}.parquet"
-        if not p.exists():
-            if ds.name != "xlong":
-                v.add(c, f"vocab/{name}.parquet: missing")
-            continue
-        model = ItemVocabRow if name == "item" else VocabRow
-        actual = pq.read_schema(p)
-        raw = actual.field("raw").type if "raw" in actual.names else None
-        if raw is not None and not any(raw.equals(t) for t in RAW_TYPES):
-            v.add(c, f"vocab/{name}.parquet: column raw is {raw}, expected int64 or string")
-        raw_types[name] = raw
-        _expect_schema(ds, v, p, arrow_schema(model, raw_type=raw if raw is not None else pa.int64()), model.__name__)
+    raw_types: dict[str, pa.DataType] = {}
+    dirs = [ds.root] + [d for ver in range(2, ds.version + 1) if (d := versions.version_dir(ds.root, ver)).is_dir()]
+    for d in dirs:  # the ingest's files, then each version's deltas (a missing version is reported by check_files)
+        _check_dir_schemas(ds, v, d, raw_types)
     if len({str(t) for t in raw_types.values()}) > 1:
-        v.add(c, f"vocab/: raw id types differ between files: {', '.join(f'{k}={t}' for k, t in raw_types.items())}")
-    q = ds.root / "quarantine.parquet"
-    if q.exists():
-        _expect_schema(ds, v, q, arrow_schema(QuarantineRow), "QuarantineRow")
-    elif ds.name != "xlong":
-        v.add(c, "quarantine.parquet: missing")
+        v.add(c, f"vocab: raw id types differ between files: {', '.join(f'{k}={t}' for k, t in raw_types.items())}")
     if ds.samples_path.exists():
         _expect_schema(ds, v, ds.samples_path, arrow_schema(SampleRow), "SampleRow")
     for s in SPLITS:
@@ -336,78 +382,167 @@ def check_schemas(ds: Dataset, v: Violations) -> None:
             _expect_schema(ds, v, p, expected, f"{model.__name__} with widths {rep.widths}")
 
 
+TABLE_MODELS = {"events": EventRow, "sequences": SequenceRow, "item_events": ItemEventRow}
+
+
+def _check_dir_schemas(ds: Dataset, v: Violations, d: Path, raw_types: dict[str, pa.DataType]) -> None:
+    """Schemas of one version's files: ``d`` is the dataset root (version 1) or ``versions/NNNNN``. Every table
+    file against its row model, the vocabularies (``raw`` int64 or string, recorded in ``raw_types``), the
+    quarantine."""
+    c = "schema"
+    for t, model in TABLE_MODELS.items():
+        for p in sorted((d / t).glob("part-*.parquet")):
+            _expect_schema(ds, v, p, arrow_schema(model), model.__name__)
+    for name in ("user", "item", "cate"):
+        p = d / "vocab" / f"{name}.parquet"
+        rel = _rel(ds, p)
+        if not p.exists():
+            if ds.name != "xlong":
+                v.add(c, f"{rel}: missing")
+            continue
+        model = ItemVocabRow if name == "item" else VocabRow
+        actual = pq.read_schema(p)
+        raw = actual.field("raw").type if "raw" in actual.names else None
+        if raw is not None and not any(raw.equals(t) for t in RAW_TYPES):
+            v.add(c, f"{rel}: column raw is {raw}, expected int64 or string")
+        raw_types[rel] = raw
+        _expect_schema(ds, v, p, arrow_schema(model, raw_type=raw if raw is not None else pa.int64()), model.__name__)
+    q = d / "quarantine.parquet"
+    if q.exists():
+        _expect_schema(ds, v, q, arrow_schema(QuarantineRow), "QuarantineRow")
+    elif ds.name != "xlong":
+        v.add(c, f"{_rel(ds, q)}: missing")
+
+
 # --------------------------------------------------------------------------- b. tables: order and agreement
 
 
 def check_tables(ds: Dataset, v: Violations) -> None:
-    """Sort orders, id ranges, events == sequences per part, item_events == events per item, counts."""
+    """As of ``ds.version``: per file (base and deltas) sort orders, id ranges, sequence rows; per partition
+    (merged reads) events == sequences, item_events == events per item; vocabularies; the version's counts."""
     c = "tables"
-    m = ds.manifest
-    n_users = _vocab_table(ds, "user", ["id"]).height
-    n_items = _vocab_table(ds, "item", ["id"]).height
-    n_cates = _vocab_table(ds, "cate", ["id"]).height
-    for name, n, mv in (("user", n_users, m.users), ("item", n_items, m.items), ("cate", n_cates, m.cates)):
-        if n != mv:
-            v.add(c, f"vocab/{name}.parquet: {n} rows but manifest.json {name}s = {mv}")
-        ids = _vocab_table(ds, name, ["id"]).with_row_index("row")
-        v.emit(c, ids.filter(pl.col("id") != pl.col("row") + 1),
-               lambda r, name=name: f"vocab/{name}.parquet row {r['row']}: id {r['id']}, expected {r['row'] + 1} "
-                                    f"(dense ids are 1..N in row order)")
-    valid_codes = [int(b) for b in Behavior if b != Behavior.pad]
+    label, rec = versions.totals(ds)
+    n = _check_vocabs(ds, v, label, rec)
     key = ["user", "ts", "src_file", "src_row"]
     n_events = 0
     ts_lo, ts_hi = None, None
+    item_sums, seq_users = [], []
     for p in ds.parts("events"):
-        rel = _rel(ds, p)
-        ev = pl.read_parquet(p, columns=["user", "item", "cate", "behavior", "ts", "src_file", "src_row"])
+        ev = _read_merged(ds, "events", p, EVENT_COLUMNS, lambda f, df: _check_events_file(ds, v, f, df, n))
         ev = ev.with_row_index("row")
+        rel = _merged_rel(ds, "events", p)
+        if rel != _rel(ds, p):  # merged with deltas: the merge must keep the stored (ts, src_file, src_row) order
+            bad = ev.with_columns([pl.col(k).shift(1).alias(f"prev_{k}") for k in key]).filter(_before_previous(key))
+            v.emit(c, bad, lambda r: f"{rel} row {r['row']} (user {r['user']}): (user, ts, src_file, src_row) = "
+                                     f"{_key(r, key)} sorts before the previous row's {_key(r, key, 'prev_')}")
         n_events += ev.height
         if ev.height:
             lo, hi = ev["ts"].min(), ev["ts"].max()
             ts_lo = lo if ts_lo is None else min(ts_lo, lo)
             ts_hi = hi if ts_hi is None else max(ts_hi, hi)
-        bad = ev.with_columns([pl.col(k).shift(1).alias(f"prev_{k}") for k in key]).filter(_before_previous(key))
-        v.emit(c, bad, lambda r: f"{rel} row {r['row']} (user {r['user']}): (user, ts, src_file, src_row) = "
-                                 f"{_key(r, key)} sorts before the previous row's {_key(r, key, 'prev_')}")
-        for col, n in (("user", n_users), ("item", n_items), ("cate", n_cates)):
-            v.emit(c, ev.filter((pl.col(col) < 1) | (pl.col(col) > n)),
-                   lambda r, col=col, n=n: f"{rel} row {r['row']} (user {r['user']}): {col} {r[col]} outside 1..{n}")
-        v.emit(c, ev.filter(~pl.col("behavior").is_in(valid_codes)),
-               lambda r: f"{rel} row {r['row']} (user {r['user']}): behavior {r['behavior']} is not a Behavior code")
+        item_sums.append(_item_sums(ev))
         seq_path = ds.root / "sequences" / p.name
         if seq_path.exists():
-            _check_sequences_part(ds, v, seq_path, ev)
-    if n_events != m.events:
-        v.add(c, f"events/: {n_events} rows but manifest.json events = {m.events}")
-    if (ts_lo, ts_hi) != (m.ts_min, m.ts_max):
-        v.add(c, f"events/: ts range {ts_lo}..{ts_hi} but manifest.json says {m.ts_min}..{m.ts_max}")
+            seq = _read_merged(ds, "sequences", seq_path, None, lambda f, df: _check_sequence_rows(ds, v, f, df))
+            seq_users.append(seq.select("user", "length", pl.lit(p.name).alias("file")))
+            _compare_sequences_events(ds, v, seq_path, seq.with_row_index("row"), ev)
+    if n_events != rec.events:
+        v.add(c, f"events/: {n_events} rows as of version {ds.version} but {label} events = {rec.events}")
+    if (ts_lo, ts_hi) != (rec.ts_min, rec.ts_max):
+        v.add(c, f"events/: ts range {ts_lo}..{ts_hi} as of version {ds.version} but {label} says {rec.ts_min}..{rec.ts_max}")
     # one row per user over all sequences parts; vocab user counts == lengths
-    seq_parts = [str(p) for p in ds.parts("sequences")]
-    if seq_parts:
-        users = pl.scan_parquet(seq_parts, include_file_paths="file").select("user", "length", "file").collect()
-        dup = users.group_by("user").agg(pl.col("file").str.split("/").list.last().alias("files"), pl.len().alias("n"))
+    if seq_users:
+        users = pl.concat(seq_users)
+        dup = users.group_by("user").agg(pl.col("file").alias("files"), pl.len().alias("n"))
         v.emit(c, dup.filter(pl.col("n") > 1).sort("user"),
                lambda r: f"sequences/: user {r['user']} has {r['n']} rows ({', '.join(r['files'])}); expected one")
+        vocab = _rel(ds, ds.vocab_path("user"))
         vu = _vocab_table(ds, "user", ["id", "count"]).rename({"id": "user"})
         j = vu.join(users.group_by("user").agg(pl.col("length").sum()), on="user", how="full", coalesce=True)
         v.emit(c, j.filter(pl.col("count").fill_null(-1) != pl.col("length").fill_null(-1)).sort("user"),
-               lambda r: f"vocab/user.parquet user {r['user']}: count {r['count']} but sequences length {r['length']}")
-    _check_item_events(ds, v, n_items)
+               lambda r: f"{vocab} user {r['user']}: count {r['count']} but sequences length {r['length']}")
+    ev_sums = pl.concat(item_sums).group_by("item").agg(pl.all().sum()) if item_sums else None
+    _check_item_events(ds, v, n["item"], ev_sums, label, rec.events)
 
 
-def _check_sequences_part(ds: Dataset, v: Violations, path: Path, ev: pl.DataFrame) -> None:
-    """One sequences part: sorted unique users, list lengths, time order, and equal to its events part."""
+EVENT_COLUMNS = ["user", "item", "cate", "behavior", "ts", "src_file", "src_row"]
+SUMS = ["n", "ts_sum", "user_sum", "behavior_sum"]  #: per-item fingerprint compared between events and item_events
+
+
+def _read_merged(ds: Dataset, table: str, part: Path, columns: list[str] | None, check_file) -> pl.DataFrame:
+    """Run ``check_file(path, frame)`` on the base file of ``part`` and on each of its deltas (one file in memory
+    at a time), then return the partition as of ``ds.version`` (the base frame itself when it has no deltas)."""
+    paths = versions.files(ds, table, part)
+    for f in paths:
+        frame = pl.read_parquet(f, columns=columns)
+        check_file(f, frame)
+    return frame if len(paths) == 1 else ds.read(table, part, columns)
+
+
+def _merged_rel(ds: Dataset, table: str, part: Path) -> str:
+    """How messages name a partition read as of the version: its file, or its file and the deltas merged in."""
+    extra = versions.deltas(ds, table, part)
+    if not extra:
+        return _rel(ds, part)
+    return f"{_rel(ds, part)} as of version {ds.version} (merged with {', '.join(_rel(ds, p) for p in extra)})"
+
+
+def _check_vocabs(ds: Dataset, v: Violations, label: str, rec) -> dict[str, int]:
+    """Each vocabulary file up to ``ds.version`` has dense ids 1..N in row order and starts with the previous
+    version's (id, raw) rows unchanged; the one in use has the version's number of rows. Returns the sizes."""
     c = "tables"
-    rel, ev_rel = _rel(ds, path), f"events/{path.name}"
-    seq = pl.read_parquet(path).with_row_index("row")
+    sizes = {}
+    for name in ("user", "item", "cate"):
+        paths = [ds.root / "vocab" / f"{name}.parquet"]
+        paths += [p for ver in range(2, ds.version + 1)
+                  if (p := versions.version_dir(ds.root, ver) / "vocab" / f"{name}.parquet").exists()]
+        prev, prev_rel = None, None
+        for path in paths:
+            rel = _rel(ds, path)
+            df = pl.read_parquet(path, columns=["id", "raw"]).with_row_index("row")
+            v.emit(c, df.filter(pl.col("id") != pl.col("row") + 1),
+                   lambda r: f"{rel} row {r['row']}: id {r['id']}, expected {r['row'] + 1} (dense ids are 1..N in row order)")
+            if prev is not None:
+                if df.height < prev.height:
+                    v.add(c, f"{rel}: {df.height} rows, fewer than the {prev.height} of {prev_rel} (vocabularies only grow)")
+                j = df.join(prev, on="row", suffix="_prev")
+                v.emit(c, j.filter((pl.col("id") != pl.col("id_prev")) | (pl.col("raw") != pl.col("raw_prev"))),
+                       lambda r: f"{rel} row {r['row']}: (id, raw) = ({r['id']}, {r['raw']}) but {prev_rel} has "
+                                 f"({r['id_prev']}, {r['raw_prev']}) (the ids of earlier versions must not change)")
+            prev, prev_rel = df, rel
+        sizes[name] = prev.height
+        if prev.height != getattr(rec, f"{name}s"):
+            v.add(c, f"{prev_rel}: {prev.height} rows but {label} {name}s = {getattr(rec, f'{name}s')}")
+    return sizes
+
+
+def _check_events_file(ds: Dataset, v: Violations, path: Path, ev: pl.DataFrame, n: dict[str, int]) -> None:
+    """One events file (base or delta): sorted by (user, ts, src_file, src_row), ids in range, behaviour codes."""
+    c = "tables"
+    rel = _rel(ds, path)
+    key = ["user", "ts", "src_file", "src_row"]
+    ev = ev.with_row_index("row")
+    bad = ev.with_columns([pl.col(k).shift(1).alias(f"prev_{k}") for k in key]).filter(_before_previous(key))
+    v.emit(c, bad, lambda r: f"{rel} row {r['row']} (user {r['user']}): (user, ts, src_file, src_row) = "
+                             f"{_key(r, key)} sorts before the previous row's {_key(r, key, 'prev_')}")
+    for col in ("user", "item", "cate"):
+        v.emit(c, ev.filter((pl.col(col) < 1) | (pl.col(col) > n[col])),
+               lambda r, col=col: f"{rel} row {r['row']} (user {r['user']}): {col} {r[col]} outside 1..{n[col]}")
+    valid_codes = [int(b) for b in Behavior if b != Behavior.pad]
+    v.emit(c, ev.filter(~pl.col("behavior").is_in(valid_codes)),
+           lambda r: f"{rel} row {r['row']} (user {r['user']}): behavior {r['behavior']} is not a Behavior code")
+
+
+def _check_sequence_rows(ds: Dataset, v: Violations, path: Path, seq: pl.DataFrame) -> None:
+    """One sequences file (base or delta): sorted unique users, list lengths, time order."""
+    c = "tables"
+    rel = _rel(ds, path)
+    seq = seq.with_row_index("row")
     v.emit(c, seq.with_columns(pl.col("user").shift(1).alias("prev")).filter(pl.col("user") <= pl.col("prev")),
            lambda r: f"{rel} row {r['row']} (user {r['user']}): user does not follow the previous row's user "
                      f"{r['prev']} (rows must be sorted by user, one per user)")
-    lists = ["item", "cate", "behavior", "ts"]
-    lengths_ok = True
-    for col in lists:
+    for col in SEQ_LISTS:
         bad = seq.filter(pl.col(col).list.len() != pl.col("length")).with_columns(pl.col(col).list.len().alias("n"))
-        lengths_ok &= bad.height == 0
         v.emit(c, bad, lambda r, col=col: f"{rel} row {r['row']} (user {r['user']}): length {r['length']} but "
                                           f"{col} holds {r['n']} values")
     v.emit(c, seq.filter(pl.col("length") < 1),
@@ -421,19 +556,29 @@ def _check_sequences_part(ds: Dataset, v: Violations, path: Path, ev: pl.DataFra
                 f"the sequence is not in time order")
 
     v.emit(c, bad, ts_msg)
-    # the same events as the events part, user by user and in the same order
+
+
+SEQ_LISTS = ["item", "cate", "behavior", "ts"]
+
+
+def _compare_sequences_events(ds: Dataset, v: Violations, path: Path, seq: pl.DataFrame, ev: pl.DataFrame) -> None:
+    """A sequences partition holds the events of its events partition, user by user and in the same order
+    (both as of the version; ``seq`` and ``ev`` carry a ``row`` index)."""
+    c = "tables"
+    rel, ev_rel = _merged_rel(ds, "sequences", path), _merged_rel(ds, "events", ds.root / "events" / path.name)
     counts = ev.group_by("user").agg(pl.len().alias("events"))
     j = seq.select("user", "length").join(counts, on="user", how="full", coalesce=True)
     bad = j.filter(pl.col("length").fill_null(0) != pl.col("events").fill_null(0)).sort("user")
     v.emit(c, bad, lambda r: f"{rel} user {r['user']}: length {r['length'] or 0} but {ev_rel} holds "
                              f"{r['events'] or 0} events of this user")
+    lengths_ok = all((seq[col].list.len() == seq["length"]).all() for col in SEQ_LISTS)
     if not lengths_ok or bad.height or seq["length"].sum() != ev.height:
         return
     flat = seq.select(
-        pl.col("row").alias("seq_row"), "user", pl.int_ranges(0, pl.col("length")).alias("pos"), *lists
-    ).explode(["pos", *lists])
-    flat = flat.with_columns(ev.select(pl.col("row").alias("ev_row"), *[pl.col(x).alias(f"ev_{x}") for x in ["user", *lists]]))
-    cols = ["user", *lists]
+        pl.col("row").alias("seq_row"), "user", pl.int_ranges(0, pl.col("length")).alias("pos"), *SEQ_LISTS
+    ).explode(["pos", *SEQ_LISTS])
+    flat = flat.with_columns(ev.select(pl.col("row").alias("ev_row"), *[pl.col(x).alias(f"ev_{x}") for x in ["user", *SEQ_LISTS]]))
+    cols = ["user", *SEQ_LISTS]
     diff = pl.any_horizontal([pl.col(x) != pl.col(f"ev_{x}") for x in cols])
 
     def content_msg(r: dict) -> str:
@@ -444,16 +589,28 @@ def _check_sequences_part(ds: Dataset, v: Violations, path: Path, ev: pl.DataFra
     v.emit(c, flat.filter(diff), content_msg)
 
 
-def _check_item_events(ds: Dataset, v: Violations, n_items: int) -> None:
-    """item_events parts sorted by (item, ts), in part ``item % P``, and per item equal to events/."""
+def _item_sums(df: pl.DataFrame) -> pl.DataFrame:
+    """Per item: events, and sums of ts/user/behavior (additive over partitions)."""
+    return df.group_by("item").agg(
+        pl.len().cast(pl.Int64).alias("n"),
+        pl.col("ts").sum().alias("ts_sum"),
+        pl.col("user").cast(pl.Int64).sum().alias("user_sum"),
+        pl.col("behavior").cast(pl.Int64).sum().alias("behavior_sum"),
+    )
+
+
+def _check_item_events(ds: Dataset, v: Violations, n_items: int, ev_sums: pl.DataFrame | None, label: str,
+                       events: int) -> None:
+    """item_events files sorted by (item, ts) and in part ``item % P``; per item (as of the version) equal to events/."""
     c = "tables"
     parts = ds.parts("item_events")
     n_parts = len(parts)
     total = 0
-    for q, p in enumerate(parts):
-        rel = _rel(ds, p)
-        ie = pl.read_parquet(p, columns=["item", "ts", "user"]).with_row_index("row")
-        total += ie.height
+    ie_sums = []
+
+    def check_file(q: int, path: Path, ie: pl.DataFrame) -> None:
+        rel = _rel(ds, path)
+        ie = ie.with_row_index("row")
         bad = ie.with_columns(pl.col("item").shift(1).alias("prev_item"), pl.col("ts").shift(1).alias("prev_ts"))
         v.emit(c, bad.filter(_before_previous(["item", "ts"])),
                lambda r: f"{rel} row {r['row']} (item {r['item']}): (item, ts) = ({r['item']}, {r['ts']}) sorts before "
@@ -461,37 +618,29 @@ def _check_item_events(ds: Dataset, v: Violations, n_items: int) -> None:
         v.emit(c, ie.filter(pl.col("item") % n_parts != q),
                lambda r: f"{rel} row {r['row']} (item {r['item']}): item belongs in part {r['item'] % n_parts} "
                          f"(item % {n_parts})")
-    if total != ds.manifest.events:
-        v.add(c, f"item_events/: {total} rows but manifest.json events = {ds.manifest.events}")
 
-    def per_item(paths: list[Path]) -> pl.LazyFrame:
-        return (
-            pl.scan_parquet([str(p) for p in paths])
-            .group_by("item")
-            .agg(
-                pl.len().alias("n"),
-                pl.col("ts").sum().alias("ts_sum"),
-                pl.col("user").cast(pl.Int64).sum().alias("user_sum"),
-                pl.col("behavior").cast(pl.Int64).sum().alias("behavior_sum"),
-            )
-        )
-
-    if not parts or not ds.parts("events"):
+    for q, p in enumerate(parts):
+        ie = _read_merged(ds, "item_events", p, ["item", "ts", "user", "behavior"], lambda f, df, q=q: check_file(q, f, df))
+        total += ie.height
+        ie_sums.append(_item_sums(ie))
+    if total != events:
+        v.add(c, f"item_events/: {total} rows as of version {ds.version} but {label} events = {events}")
+    if not parts or ev_sums is None:
         return
-    a, b = pl.collect_all([per_item(parts), per_item(ds.parts("events"))], engine="streaming")
-    j = a.join(b, on="item", how="full", coalesce=True, suffix="_ev")
-    aggs = ["n", "ts_sum", "user_sum", "behavior_sum"]
-    bad = j.filter(pl.any_horizontal([pl.col(x).fill_null(-1) != pl.col(f"{x}_ev").fill_null(-1) for x in aggs]))
+    j = pl.concat(ie_sums).join(ev_sums, on="item", how="full", coalesce=True, suffix="_ev")
+    bad = j.filter(pl.any_horizontal([pl.col(x).fill_null(-1) != pl.col(f"{x}_ev").fill_null(-1) for x in SUMS]))
+
     def sums(r: dict, sfx: str) -> str:
         if r[f"n{sfx}"] is None:
             return "no events"
         return f"{r[f'n{sfx}']} events (sums of ts/user/behavior {r[f'ts_sum{sfx}']}/{r[f'user_sum{sfx}']}/{r[f'behavior_sum{sfx}']})"
 
     v.emit(c, bad.sort("item"), lambda r: f"item_events/ item {r['item']}: {sums(r, '')} but events/ has {sums(r, '_ev')}")
+    vocab = _rel(ds, ds.vocab_path("item"))
     vi = _vocab_table(ds, "item", ["id", "count"]).rename({"id": "item"})
-    j = vi.join(b.select("item", "n"), on="item", how="full", coalesce=True)
+    j = vi.join(ev_sums.select("item", "n"), on="item", how="full", coalesce=True)
     v.emit(c, j.filter(pl.col("count").fill_null(-1) != pl.col("n").fill_null(-1)).sort("item"),
-           lambda r: f"vocab/item.parquet item {r['item']}: count {r['count']} but events/ has {r['n'] or 0} events")
+           lambda r: f"{vocab} item {r['item']}: count {r['count']} but events/ has {r['n'] or 0} events")
 
 
 # --------------------------------------------------------------------------- c. the split rule
@@ -505,16 +654,16 @@ class _SplitContext:
         self.samples = pl.read_parquet(ds.samples_path).with_row_index("row")
         parts = ds.parts("sequences")
         frames = []
-        for i, p in enumerate(parts):
+        for i, p in enumerate(parts):  # as of the version, one partition at a time
             frames.append(
-                pl.scan_parquet(p)
+                ds.read("sequences", p, ["user", "length", "ts"])
                 .select("user", "length", pl.col("ts").list.max().alias("last_ts"), pl.lit(i).alias("part"))
-                .collect()
             )
         self.users = pl.concat(frames) if frames else pl.DataFrame(
             schema={"user": pl.Int32, "length": pl.Int32, "last_ts": pl.Int64, "part": pl.Int32})
         self.seq_parts = parts
-        v = pl.read_parquet(ds.root / "vocab" / "item.parquet", columns=["id", "cate"])
+        self.ds = ds
+        v = _vocab_table(ds, "item", ["id", "cate"])
         self.item_cate = v.rename({"id": "item", "cate": "item_cate"})
         self.n_items = v.height
 
@@ -640,7 +789,7 @@ def check_leakage(ds: Dataset, ctx: _SplitContext, v: Violations) -> None:
     v.emit(c, s.filter(~pl.col("label").is_in([0, 1])),
            lambda r: f"{rel} row {r['row']} (user {r['user']}): label {r['label']} is not 0 or 1")
     for p in ctx.seq_parts:
-        seq = pl.read_parquet(p, columns=["user", "length", "item", "cate", "ts"]).unique("user", keep="first")
+        seq = ds.read("sequences", p, ["user", "length", "item", "cate", "ts"]).unique("user", keep="first")
         seq = seq.rename({"item": "seq_item", "cate": "seq_cate", "ts": "seq_ts"})
         j = s.join(seq, on="user", how="inner")
         if j.height == 0:
@@ -772,16 +921,13 @@ def _side_sources(ds: Dataset, rows: pl.DataFrame, tail: int) -> pl.DataFrame:
     events (a query sorts before events with the same ts, so those do not count); the wanted events are then
     the ranks ``[n_before - L, n_before)``, fetched by an equi-join on (item, rank).
     """
-    parts = [str(p) for p in ds.parts("item_events")]
     q = rows.select("row", "item", "ts")
-    ev = (
-        pl.scan_parquet(parts)
-        .with_row_index("order")
-        .filter(pl.col("item").is_in(q["item"].unique().implode()))
-        .select("item", "ts", "order", "user", "behavior")
-        .collect()
-        .sort("item", "ts", "order")
-    )
+    wanted = q["item"].unique()
+    ev = pl.concat([  # as of the version: only the batch's items' rows, in stored order within each partition
+        ds.read("item_events", p, ["item", "ts", "user", "behavior"], items=wanted).with_row_index("order")
+        .select("item", "ts", pl.col("order").cast(pl.Int64) + (k << 40), "user", "behavior")
+        for k, p in enumerate(ds.parts("item_events"))
+    ]).sort("item", "ts", "order")
     ev = ev.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("item").alias("rank"))
     merged = pl.concat([
         ev.select("item", "ts", pl.lit(1, pl.Int64).alias("is_event"), pl.col("order").cast(pl.Int64).alias("tie"),
@@ -873,10 +1019,8 @@ def _with_history_source(ctx: _SplitContext, df: pl.DataFrame) -> pl.DataFrame:
     frames = []
     for (i,), u in parts.group_by("part"):
         frames.append(
-            pl.scan_parquet(ctx.seq_parts[i])
-            .filter(pl.col("user").is_in(u["user"].implode()))
+            ctx.ds.read("sequences", ctx.seq_parts[i], ["user", *FIELDS["hist"], "ts"], users=u["user"])
             .select("user", *[pl.col(f).alias(f"src_hist_{f}") for f in (*FIELDS["hist"], "ts")])
-            .collect()
         )
     schema = {"user": pl.Int32, "src_hist_item": pl.List(pl.Int32), "src_hist_cate": pl.List(pl.Int32),
               "src_hist_behavior": pl.List(pl.Int8), "src_hist_ts": pl.List(pl.Int64)}

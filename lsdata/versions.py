@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from lsdata.io import InputError, read_json
-from lsdata.schemas import VersionLog
+from lsdata.schemas import Manifest, VersionInfo, VersionLog
 
 if TYPE_CHECKING:
     from lsdata.dataset import Dataset
@@ -68,6 +68,20 @@ def check_version(root: Path, version: int | None) -> int:
     if not 1 <= version <= last:
         raise InputError(f"{root}: no version {version}; versions 1..{last} exist (1 = the ingest)")
     return version
+
+
+def totals(ds: Dataset) -> tuple[str, Manifest | VersionInfo]:
+    """Where the dataset's totals as of ``ds.version`` are recorded, and that record (events, users, items,
+    cates, ts_min, ts_max): ``manifest.json`` for version 1, else the version's ``versions.json`` entry."""
+    if ds.version == 1:
+        return "manifest.json", ds.manifest
+    info = next(v for v in version_log(ds.root).versions if v.version == ds.version)
+    return f"versions.json version {ds.version}", info
+
+
+def files(ds: Dataset, table: str, part: Path) -> list[Path]:
+    """The files a read of partition ``part`` as of ``ds.version`` merges: the base file, then its deltas."""
+    return [part, *deltas(ds, table, part)]
 
 
 def deltas(ds: Dataset, table: str, part: Path) -> list[Path]:
