@@ -23,7 +23,7 @@ each partition appended as row groups to ``layouts/NAME/{train,valid,test}.parqu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,19 +195,65 @@ def side_windows(ds: Dataset, samples: pl.DataFrame, width: int, prefilter: bool
         if sel.size == 0:
             continue
         ev = ds.read("item_events", p, items=pl.Series("item", np.unique(item[sel]), dtype=pl.Int32) if prefilter else None)
-        key = (ev["item"].to_numpy().astype(np.int64) << 32) | ev["ts"].to_numpy()
-        first = np.searchsorted(key, item[sel] << 32, side="left")
-        stop = np.searchsorted(key, (item[sel] << 32) | ts[sel], side="left")  # strictly before ts
-        idx, mask, ln = window(first, stop, width, "front")
-        users[sel] = gather(ev["user"].to_numpy(), idx, mask)
-        behs[sel] = gather(ev["behavior"].to_numpy(), idx, mask)
-        lens[sel] = ln
+        users[sel], behs[sel], lens[sel] = side_part(ev, item[sel], ts[sel], width)
+    return side_ranges(users, behs, lens)
+
+
+def side_part(ev: pl.DataFrame, item: np.ndarray, ts: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[k, width]`` front-padded item-side users and behaviours, and lengths, of ``k`` samples (candidate ``item``,
+    time ``ts``) whose items are in the item-events partition ``ev``."""
+    key = (ev["item"].to_numpy().astype(np.int64) << 32) | ev["ts"].to_numpy()
+    item = item.astype(np.int64)
+    first = np.searchsorted(key, item << 32, side="left")
+    stop = np.searchsorted(key, (item << 32) | ts.astype(np.int64), side="left")  # strictly before ts
+    idx, mask, ln = window(first, stop, width, "front")
+    return gather(ev["user"].to_numpy(), idx, mask), gather(ev["behavior"].to_numpy(), idx, mask), ln
+
+
+def side_ranges(users: np.ndarray, behs: np.ndarray, lens: np.ndarray) -> Ranges:
+    """:class:`Ranges` over ``[n, width]`` front-padded item-side matrices (row i's events end at ``(i + 1) * width``)."""
+    n, width = users.shape
     ends = (np.arange(n, dtype=np.int64) + 1) * width
     return Ranges({"user": users.reshape(-1), "behavior": behs.reshape(-1)}, ends - lens, ends)
 
 
 def subset(r: Ranges, sel: np.ndarray) -> Ranges:
     return Ranges(r.values, r.starts[sel], r.ends[sel])
+
+
+def part_tables(
+    seq: pl.DataFrame,
+    batch: pl.DataFrame,
+    rows: np.ndarray,
+    side: Ranges,
+    lengths: dict[str, LayoutLengths],
+    negatives: NegativeSampler,
+    part_no: int,
+) -> Iterator[tuple[str, str, pa.Table]]:
+    """``(split, layout, rows)`` of the samples ``batch`` of sequences part number ``part_no``: their users'
+    sequences are rows ``rows`` of ``seq``, their item sides ``side`` (in batch order)."""
+    values = {}
+    for f in HIST_FIELDS:
+        values[f], off = flat_list(seq[f])
+    starts = off[rows]
+    hist = Ranges(values, starts, starts + batch["hist_end"].to_numpy())
+    splits = batch["split"].to_numpy()
+    for s in SPLITS:
+        m = np.flatnonzero(splits == s)
+        if m.size == 0:
+            continue
+        for n, w in lengths.items():
+            yield s, n, layout_table(n, w, batch[m], subset(hist, m), subset(side, m), negatives, stream=part_no * len(SPLITS) + SPLITS.index(s))
+
+
+def plan(
+    ds: Dataset, names: list[str], overrides: dict[str, dict[str, int]] | None, seed: int | None
+) -> tuple[dict[str, LayoutLengths], NegativeSampler]:
+    """Widths of each requested layout and mimn's negative sampler (seed: the split's unless given)."""
+    seed = ds.split_report().options.get("seed", 0) if seed is None else seed
+    lengths = {n: lengths_for(ds.name, n, (overrides or {}).get(n)) for n in dict.fromkeys(names)}
+    lut = item_categories(ds)
+    return lengths, NegativeSampler(lut.size - 1, lut, seed)
 
 
 def build(
@@ -222,13 +268,9 @@ def build(
         from lsdata.ingest import xlong
 
         return xlong.build_layouts(ds, names, overrides, progress, seed=seed)
-    report = ds.split_report()
-    seed = report.options.get("seed", 0) if seed is None else seed
+    lengths, negatives = plan(ds, names, overrides, seed)
     samples = pl.read_parquet(ds.samples_path)
-    lengths = {n: lengths_for(ds.name, n, (overrides or {}).get(n)) for n in dict.fromkeys(names)}
     side = side_windows(ds, samples, max(w.side for w in lengths.values()))
-    lut = item_categories(ds)
-    negatives = NegativeSampler(lut.size - 1, lut, seed)
     sample_users = samples["user"].to_numpy()
     with staging_dir(ds.root, "layouts") as tmp:
         writers = {n: LayoutWriter(tmp, n, w) for n, w in lengths.items()}
@@ -239,20 +281,8 @@ def build(
             sel = np.flatnonzero((pos < users.size) & (users[np.minimum(pos, users.size - 1)] == sample_users))
             if sel.size == 0:
                 continue
-            values = {}
-            for f in HIST_FIELDS:
-                values[f], off = flat_list(seq[f])
-            rows = pos[sel]
-            starts = off[rows]
-            hist = Ranges(values, starts, starts + samples["hist_end"].to_numpy()[sel])
-            batch = samples[sel]
-            splits = batch["split"].to_numpy()
-            for s in SPLITS:
-                m = np.flatnonzero(splits == s)
-                if m.size == 0:
-                    continue
-                for n, wr in writers.items():
-                    wr.write(s, layout_table(n, wr.w, batch[m], subset(hist, m), subset(side, sel[m]), negatives, stream=part_no * len(SPLITS) + SPLITS.index(s)))
+            for s, n, t in part_tables(seq, samples[sel], pos[sel], subset(side, sel), lengths, negatives, part_no):
+                writers[n].write(s, t)
             if progress:
                 progress(1)
         return publish_layouts(ds, tmp, writers)

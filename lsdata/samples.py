@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -89,23 +90,39 @@ def draw_labels(n: int, true_item: np.ndarray, n_items: int, neg_ratio: float, s
 
 def build(ds: Dataset, opts: SplitOptions, progress: Callable[[int], None] | None = None) -> SplitReport:
     """Run the split stage on a dataset and publish ``split/``; returns the report."""
-    if ds.name == "xlong":
-        raise InputError(f"{ds.root}: XLong arrives pre-split; its samples were written by ingest")
+    check_splittable(ds)
     parts = ds.parts("sequences")
-    users = pl.concat(
-        [ds.read("sequences", p, ["user", "length", "ts"]).select("user", "length", pl.col("ts").list.last().alias("last_ts")) for p in parts]
-    )
+    users = pl.concat([user_last(ds, p) for p in parts])
     targets, info = split_rule.assign(users, opts)
     located = []
     for p in parts:
-        seq = ds.read("sequences", p, ["user", "item", "cate", "ts"])
-        t = targets.join(seq.select("user"), on="user", how="semi")
-        if t.height:
-            located.append(locate_targets(seq, t))
+        located.append(locate_part(ds, p, targets))
         if progress:
             progress(1)
+    return finish(ds, opts, pl.concat(located), users.height, info)
+
+
+def check_splittable(ds: Dataset) -> None:
+    if ds.name == "xlong":
+        raise InputError(f"{ds.root}: XLong arrives pre-split; its samples were written by ingest")
+
+
+def user_last(ds: Dataset, part: Path) -> pl.DataFrame:
+    """``user``, ``length``, ``last_ts`` of the users in one sequences part (what the split rule needs)."""
+    return ds.read("sequences", part, ["user", "length", "ts"]).select("user", "length", pl.col("ts").list.last().alias("last_ts"))
+
+
+def locate_part(ds: Dataset, part: Path, targets: pl.DataFrame) -> pl.DataFrame:
+    """The targets of the users in one sequences part, located (:func:`locate_targets`; possibly no rows)."""
+    seq = ds.read("sequences", part, ["user", "item", "cate", "ts"])
+    return locate_targets(seq, targets.join(seq.select("user"), on="user", how="semi"))
+
+
+def finish(ds: Dataset, opts: SplitOptions, located: pl.DataFrame, users_total: int, info: dict) -> SplitReport:
+    """Located targets of all users (any order) -> labels and negatives, drawn in (user, set) order for the whole
+    dataset -> ``split/`` published; returns the report."""
     order = {s: i for i, s in enumerate(SPLITS)}
-    df = pl.concat(located).sort("user", pl.col("split").replace_strict(order, return_dtype=pl.Int8))
+    df = located.sort("user", pl.col("split").replace_strict(order, return_dtype=pl.Int8))
     lut = item_categories(ds)
     if opts.pairs:  # one positive and one negative per target, positive first
         df = pl.concat([df, df]).with_columns(pl.Series("_copy", np.repeat([0, 1], df.height)))
@@ -123,7 +140,7 @@ def build(ds: Dataset, opts: SplitOptions, progress: Callable[[int], None] | Non
     report = SplitReport(
         options=opts.model_dump(mode="json"),
         method=opts.method,
-        users_total=users.height,
+        users_total=users_total,
         sets={s: set_report(df.filter(pl.col("split") == s)) for s in SPLITS},
         **info,
     )

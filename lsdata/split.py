@@ -30,31 +30,48 @@ LOO_WARNING = (
 )
 
 
-def quantile_cut(last_ts: np.ndarray, q: float) -> int:
-    """The HPMN cut: ``sorted(last_ts)[int(q * n)]``."""
-    if last_ts.size == 0:
+def quantile_cut(last_ts: np.ndarray, q: float, counts: np.ndarray | None = None) -> int:
+    """The HPMN cut: ``sorted(last_ts)[int(q * n)]``.
+
+    ``counts``: ``last_ts`` are distinct values, each standing for that many users (a histogram, as a distributed
+    engine aggregates it); the result is the same as on the expanded array.
+    """
+    counts = np.ones(last_ts.size, np.int64) if counts is None else np.asarray(counts, np.int64)
+    n = int(counts.sum())
+    if n == 0:
         raise ValueError("no users to split")
-    s = np.sort(last_ts)
-    return int(s[min(int(q * s.size), s.size - 1)])
+    order = np.argsort(last_ts, kind="stable")
+    k = min(int(q * n), n - 1)
+    return int(last_ts[order][np.searchsorted(np.cumsum(counts[order]), k, side="right")])
 
 
-def assign_cut(users: pl.DataFrame, opts: SplitOptions) -> tuple[pl.DataFrame, dict]:
+def cut_times(last_ts: np.ndarray, opts: SplitOptions, counts: np.ndarray | None = None) -> dict:
+    """The test and validation cuts of the users' last-event times (``counts`` as in :func:`quantile_cut`), and
+    the number of users tied at the test cut."""
+    counts = np.ones(last_ts.size, np.int64) if counts is None else np.asarray(counts, np.int64)
+    cut = opts.cut_time if opts.cut_time is not None else quantile_cut(last_ts, opts.cut_quantile, counts)
+    train = last_ts <= cut
+    vcut = None
+    if opts.valid_cut_time is not None:
+        vcut = int(opts.valid_cut_time)
+    elif opts.valid_quantile is not None and counts[train].sum():
+        vcut = quantile_cut(last_ts[train], opts.valid_quantile, counts[train])
+    return {"cut_time": int(cut), "valid_cut_time": vcut, "ties_at_cut": int(counts[last_ts == cut].sum())}
+
+
+def assign_cut(users: pl.DataFrame, opts: SplitOptions, cuts: dict | None = None) -> tuple[pl.DataFrame, dict]:
     """Targets of the cut-time split.
 
     ``users`` has columns ``user``, ``length``, ``last_ts``. Returns ``(targets, info)`` where targets has
     ``user``, ``split`` (train/valid/test) and ``target_pos`` (index of the user's last event) and info has
-    the cut values and the number of users tied at the test cut.
+    the cut values and the number of users tied at the test cut (:func:`cut_times`; ``cuts`` = those of all
+    users, for assigning one partition's users).
     """
     last = users["last_ts"].to_numpy()
-    cut = opts.cut_time if opts.cut_time is not None else quantile_cut(last, opts.cut_quantile)
+    info = cuts if cuts is not None else cut_times(last, opts)
+    cut, vcut = info["cut_time"], info["valid_cut_time"]
     test = last > cut
     valid = np.zeros_like(test)
-    vcut = None
-    train_last = last[~test]
-    if opts.valid_cut_time is not None:
-        vcut = int(opts.valid_cut_time)
-    elif opts.valid_quantile is not None and train_last.size:
-        vcut = quantile_cut(train_last, opts.valid_quantile)
     if vcut is not None:
         valid = ~test & (last > vcut)
     split = np.where(test, "test", np.where(valid, "valid", "train"))
@@ -63,7 +80,7 @@ def assign_cut(users: pl.DataFrame, opts: SplitOptions) -> tuple[pl.DataFrame, d
         pl.Series("split", split, dtype=pl.Utf8),
         (pl.col("length") - 1).cast(pl.Int32).alias("target_pos"),
     )
-    return targets, {"cut_time": int(cut), "valid_cut_time": vcut, "ties_at_cut": int((last == cut).sum())}
+    return targets, info
 
 
 def assign_loo(users: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
@@ -78,8 +95,8 @@ def assign_loo(users: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     return pl.concat(frames), {"cut_time": None, "valid_cut_time": None, "ties_at_cut": 0}
 
 
-def assign(users: pl.DataFrame, opts: SplitOptions) -> tuple[pl.DataFrame, dict]:
-    """Dispatch on ``opts.method``; see the module docstring for the rules."""
+def assign(users: pl.DataFrame, opts: SplitOptions, cuts: dict | None = None) -> tuple[pl.DataFrame, dict]:
+    """Dispatch on ``opts.method``; see the module docstring for the rules (``cuts``: see :func:`assign_cut`)."""
     if opts.method == "loo":
         return assign_loo(users)
-    return assign_cut(users, opts)
+    return assign_cut(users, opts, cuts)
