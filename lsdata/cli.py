@@ -669,6 +669,11 @@ def store_remove(
     console.print(f"removed {name} ({path}) from the catalog")
 
 
+from lsdata.serve.cli import serve_app  # noqa: E402 (its commands use _errors and console above)
+
+app.add_typer(serve_app, name="serve")
+
+
 @app.command()
 def version() -> None:
     """Print the lsdata version."""

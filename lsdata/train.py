@@ -431,22 +431,34 @@ def plot_curve(log_csv: Path, png: Path, title: str, metric: str = "valid_auc") 
     os.replace(tmp, png)
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = None) -> dict:
-    """Score a finished run's ``best.pt`` (or ``last.pt``) on one split of its (or another) dataset."""
+def run_weights(run_dir: str | Path) -> Path:
+    """The checkpoint a finished run is served and evaluated with: ``best.pt``, else ``last.pt``."""
+    run_dir = Path(run_dir)
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / name).exists():
+            return run_dir / name
+    raise InputError(f"{run_dir}: no best.pt or last.pt")
+
+
+def load_run(run_dir: str | Path, data: str | None = None, device: str = "auto") -> Run:
+    """A finished run rebuilt from ``config.json`` with its :func:`run_weights` loaded (``data`` overrides the
+    dataset directory it was trained on)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise InputError(f"{run_dir}: not a run directory (no config.json)")
     conf = json.loads(cfg_path.read_text())
     fields = set(TrainConfig.model_fields)
-    conf = {k: v for k, v in conf.items() if k in fields} | {"out": str(run_dir), "device": "auto"}
+    conf = {k: v for k, v in conf.items() if k in fields} | {"out": str(run_dir), "device": device}
     cfg = TrainConfig.model_validate(conf | ({"data": data} if data else {}))
+    weights = run_weights(run_dir)
     r = make_run(cfg)
-    weights = run_dir / "best.pt"
-    if weights.exists():
-        r.model.load_state_dict(torch.load(weights, map_location=r.device, weights_only=True))
-    elif (run_dir / "last.pt").exists():
-        r.model.load_state_dict(torch.load(run_dir / "last.pt", map_location=r.device, weights_only=False)["model"])
-    else:
-        raise InputError(f"{run_dir}: no best.pt or last.pt")
-    return {"run": str(run_dir), "split": split, "data": cfg.data, **r.score(r.eval_data(split))}
+    state = torch.load(weights, map_location=r.device, weights_only=weights.name == "best.pt")
+    r.model.load_state_dict(state if weights.name == "best.pt" else state["model"])
+    return r
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", data: str | None = None) -> dict:
+    """Score a finished run's ``best.pt`` (or ``last.pt``) on one split of its (or another) dataset."""
+    r = load_run(run_dir, data)
+    return {"run": str(run_dir), "split": split, "data": r.cfg.data, **r.score(r.eval_data(split))}
