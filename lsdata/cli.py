@@ -56,6 +56,25 @@ class CategoryPath(str, Enum):
     first = "first"
 
 
+class Engine(str, Enum):
+    single = "single"
+    spark = "spark"
+
+
+ENGINE_HELP = ("single: this process, one partition at a time (default). spark: Apache Spark through PySpark "
+               "(pip install 'lsdata[spark]'; Java 17+), the same per-partition code and the same output files; "
+               "Taobao ingest, split and layouts (lsdata/spark/__init__.py).")
+SPARK_MASTER_HELP = ("--engine spark: Spark master URL: local[N] (N cores of this machine), spark://HOST:PORT, yarn, ... "
+                     "Default local[2], or spark-submit's --master when run through lsdata/spark/submit.py. Inputs and "
+                     "the output directory must be on a file system every executor sees.")
+
+
+def _spark(master: str | None):
+    from lsdata.spark import session
+
+    return session(master)
+
+
 def _fail(msg: str, code: int = 2) -> None:
     console.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -102,7 +121,9 @@ def ingest(
     kind: Annotated[Optional[list[str]], typer.Option(help="Override a file's recognised kind: PATH=KIND (reviews, meta, ratings, behavior, xlong_train, xlong_test, graph_emb). Repeatable.")] = None,
     valid_fraction: Annotated[float, typer.Option(help="XLong: share of train lines carved out as validation.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed for random choices at ingest (XLong validation carve).")] = IngestOptions().seed,
-    chunk_mb: Annotated[int, typer.Option(help="MiB of raw text parsed per batch.")] = 64,
+    chunk_mb: Annotated[int, typer.Option(help="MiB of raw text parsed per batch (with --engine spark: also the byte span of a plain file each Spark task parses).")] = 64,
+    engine: Annotated[Engine, typer.Option(help=ENGINE_HELP)] = Engine.single,
+    spark_master: Annotated[Optional[str], typer.Option(help=SPARK_MASTER_HELP)] = None,
 ) -> None:
     """Parse raw files into events/, sequences/, item_events/, vocab/ (Parquet), quarantine.parquet and manifest.json."""
     from lsdata import ingest as ingest_mod
@@ -130,8 +151,13 @@ def ingest(
         for p in strs:  # before sizing the progress bar, for the one-line error
             check_input_file(p)
         t0 = time.perf_counter()
-        with _bar(f"ingest {dataset.value}", file_bytes(strs)) as advance:
-            m = ingest_mod.ingest(dataset.value, strs, out, opts, progress=advance)
+        if engine is Engine.spark:
+            from lsdata.spark import ingest as spark_ingest
+
+            m = spark_ingest.ingest(_spark(spark_master), dataset.value, strs, out, opts)
+        else:
+            with _bar(f"ingest {dataset.value}", file_bytes(strs)) as advance:
+                m = ingest_mod.ingest(dataset.value, strs, out, opts, progress=advance)
         _register(out)
     read = sum(s.rows_read for s in m.sources)
     kept = sum(s.rows_kept for s in m.sources)
@@ -161,6 +187,8 @@ def split(
     neg_ratio: Annotated[float, typer.Option(help="Probability that a sample's target is replaced by a uniform negative item.")] = SplitOptions().neg_ratio,
     pairs: Annotated[bool, typer.Option(help="Each target gives a positive AND a negative sample (MIMN Amazon protocol; makes GAUC defined) instead of a coin flip.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the label coin flips and negative draws.")] = SplitOptions().seed,
+    engine: Annotated[Engine, typer.Option(help=ENGINE_HELP)] = Engine.single,
+    spark_master: Annotated[Optional[str], typer.Option(help=SPARK_MASTER_HELP)] = None,
 ) -> None:
     """Choose each user's target and set (train/valid/test), label and negatives -> split/samples.parquet + report.json."""
     from lsdata import samples
@@ -179,8 +207,13 @@ def split(
             seed=seed,
         )
         t0 = time.perf_counter()
-        with _bar("split", len(ds.parts("sequences")), unit="parts") as advance:
-            r = samples.build(ds, opts, progress=advance)
+        if engine is Engine.spark:
+            from lsdata.spark import split as spark_split
+
+            r = spark_split.build(_spark(spark_master), ds, opts)
+        else:
+            with _bar("split", len(ds.parts("sequences")), unit="parts") as advance:
+                r = samples.build(ds, opts, progress=advance)
         _register(data)
     for w in r.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
@@ -199,6 +232,8 @@ def layout(
     short: Annotated[Optional[int], typer.Option(help="shan: short (recent) part width of the history.")] = None,
     side_short: Annotated[Optional[int], typer.Option(help="shan: short part width of the item side.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of mimn's negative history (default: the split's seed).")] = None,
+    engine: Annotated[Engine, typer.Option(help=ENGINE_HELP)] = Engine.single,
+    spark_master: Annotated[Optional[str], typer.Option(help=SPARK_MASTER_HELP)] = None,
 ) -> None:
     """Materialise fixed-width layouts under layouts/NAME/{train,valid,test}.parquet."""
     from lsdata import layouts
@@ -212,8 +247,13 @@ def layout(
         ov = {k: v for k, v in dict(hist=hist, side=side, short=short, side_short=side_short).items() if v is not None}
         t0 = time.perf_counter()
         total = len(ds.parts("sequences")) if ds.name != "xlong" else None
-        with _bar("layout " + ",".join(names), total, unit="parts") as advance:
-            reps = layouts.build(ds, names, {n: ov for n in names}, seed=seed, progress=advance)
+        if engine is Engine.spark:
+            from lsdata.spark import layouts as spark_layouts
+
+            reps = spark_layouts.build(_spark(spark_master), ds, names, {n: ov for n in names}, seed=seed)
+        else:
+            with _bar("layout " + ",".join(names), total, unit="parts") as advance:
+                reps = layouts.build(ds, names, {n: ov for n in names}, seed=seed, progress=advance)
         _register(data)
     for n, r in reps.items():
         rows = ", ".join(f"{k} {v:,}" for k, v in r.rows.items())

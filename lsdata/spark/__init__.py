@@ -24,9 +24,10 @@ staging directory and the inputs must therefore be on a file system every execut
 
 Run it with ``lsdata ingest|split|layout ... --engine spark [--spark-master URL]`` or through ``spark-submit``::
 
-    spark-submit --master local[2] --driver-memory 4g -m lsdata.spark.submit ingest taobao UserBehavior.csv --out d
+    spark-submit --master local[2] --driver-memory 4g "$(python -c 'import lsdata.spark.submit as m; print(m.__file__)')" \
+        ingest taobao UserBehavior.csv --out data/taobao
 
-(``python -m lsdata.spark.submit`` takes the same arguments as ``lsdata``; see :mod:`lsdata.spark.submit`.)
+(:mod:`lsdata.spark.submit` takes the same arguments as ``lsdata`` and adds ``--engine spark``.)
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ def session(
     shuffle_partitions: int = DEFAULT_SHUFFLE_PARTITIONS,
     conf: dict[str, str] | None = None,
 ):
-    """A SparkSession for lsdata (``getOrCreate``: an active session, e.g. from ``spark-submit``, is reused).
+    """A SparkSession for lsdata (``getOrCreate``: an active session is reused).
 
-    ``master`` None leaves the master to ``spark-submit``. Python workers run this interpreter, so they import
-    the same lsdata, polars and pyarrow as the driver.
+    ``master`` None: ``spark-submit``'s ``--master`` when running under it, else :data:`DEFAULT_MASTER`. Python
+    workers run this interpreter, so they import the same lsdata, polars and pyarrow as the driver.
     """
     try:
         from pyspark.sql import SparkSession
@@ -59,10 +60,12 @@ def session(
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     b = SparkSession.builder.appName("lsdata")
-    if master:
-        b = b.master(master)
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this process: its settings win
+    if master or not submitted:
+        b = b.master(master or DEFAULT_MASTER)
+    settings = {} if submitted else {"spark.driver.memory": driver_memory}
     settings = {
-        "spark.driver.memory": driver_memory,
+        **settings,
         "spark.sql.shuffle.partitions": str(shuffle_partitions),
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
