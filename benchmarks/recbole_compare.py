@@ -63,10 +63,10 @@ def matched(model: str, caser_len: int) -> tuple[list[str], dict]:
     common = {"use_behavior": False, "emb_dim": 16}
     if model == "din":
         return [], {**common, "att_hidden": [200, 80], "att_act": "sigmoid", "att_norm": "none", "head": [200, 80],
-                    "head_act": "dice", "dropout": 0.0}
+                    "head_act": "dice", "head_norm": "batch", "dropout": 0.0}
     if model == "dien":
         return ["--layout", "mimn"], {**common, "hidden": 32, "att_hidden": [200, 80], "att_act": "sigmoid",
-                                      "head": [200, 80], "head_act": "dice", "dropout": 0.0, "aux_weight": 1.0,
+                                      "head": [200, 80], "head_act": "dice", "head_norm": "batch", "dropout": 0.0, "aux_weight": 1.0,
                                       "aux_hidden": [200, 80]}
     if model == "gru4rec":
         return [], {**common, "use_cate": False, "hidden": 32}

@@ -379,14 +379,17 @@ def test_mean_pooling_sees_a_doubled_history_like_the_original_and_sum_does_not(
         assert close == same, f"{name} pooling={pooling}"
 
 
-def test_glorot_embedding_init_is_bounded_by_the_shared_table_limit_and_pads_with_zeros():
-    m = build("dnn")
-    tables = [m.emb.item, m.emb.cate, m.emb.behavior]
-    rows = sum(t.num_embeddings for t in tables)
-    limit = (6.0 / (rows + m.p.emb_dim)) ** 0.5
-    for t in tables:
-        assert t.weight[1:].abs().max() <= limit and t.weight[1:].abs().max() > 0.5 * limit
-        assert not t.weight[0].any()
+def test_glorot_embedding_init_is_bounded_per_table_or_by_the_shared_table_and_pads_with_zeros():
+    for init in ("glorot", "glorot_shared"):
+        m = build("dnn", emb_init=init)
+        tables = [m.emb.item, m.emb.cate, m.emb.behavior]
+        total = sum(t.num_embeddings for t in tables)
+        for t in tables:
+            rows = t.num_embeddings if init == "glorot" else total
+            limit = (6.0 / (rows + m.p.emb_dim)) ** 0.5
+            w = t.weight.detach()
+            assert w[1:].abs().max() <= limit and w[1:].abs().max() > 0.5 * limit, (init, t)
+            assert not w[0].any()
     wide = build("dnn", emb_init="normal", emb_std=0.5)
     w = wide.emb.item.weight.detach()
     assert 0.4 < float(w[1:].std()) < 0.6 and not w[0].any()

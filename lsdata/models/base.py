@@ -86,9 +86,11 @@ class ModelParams(BaseModel):
     use_cate: bool = Field(True, description="embed the category field")
     use_behavior: bool = Field(True, description="embed the behaviour-type field")
     append_target: bool = Field(False, description="feed the candidate as the last sequence step (reference behaviour)")
-    emb_init: Literal["glorot", "normal"] = Field(
-        "glorot", description="embedding init: glorot = the reference's TF default, Glorot-uniform as if all id "
-        "tables were one shared table (limit sqrt(6 / (ids + d)), tiny for large vocabularies); normal = N(0, emb_std)")
+    emb_init: Literal["glorot", "glorot_shared", "normal"] = Field(
+        "glorot", description="embedding init: glorot = Glorot-uniform per table, U(-a, a) with a = sqrt(6 / (rows + "
+        "d)) (small for large item vocabularies, larger for a few categories; Keras/RecBole-style per-table init); "
+        "glorot_shared = the reference repos' one shared TF table (every field gets the item-vocabulary scale); "
+        "normal = N(0, emb_std)")
     emb_std: float = Field(0.05, gt=0.0, description="standard deviation of emb_init=normal")
 
 

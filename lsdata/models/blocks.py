@@ -27,21 +27,22 @@ def front_mask(lengths: Tensor, width: int) -> Tensor:
 def init_embeddings(tables: list[nn.Embedding], p: ModelParams) -> None:
     """Initialise id tables per ``p.emb_init``; row 0 (padding) is set to zeros.
 
-    ``glorot`` reproduces the reference repos, which keep every id field in one shared TF table initialised
-    with ``get_variable``'s default Glorot-uniform: ``U(-a, a)``, ``a = sqrt(6 / (total ids + d))``. The small
-    scale matters: with Adam each step moves a weight by about ``lr``, so a few hundred steps outgrow the
-    initial noise, while N(0, 0.05) keeps unseen-direction noise dominant for much longer (measured in
-    ``benchmarks/RESULTS.md``, RecBole section).
+    ``glorot``: each table ``U(-a, a)``, ``a = sqrt(6 / (rows + d))``. ``glorot_shared``: the reference repos keep
+    every id field in one shared TF table initialised with ``get_variable``'s default Glorot-uniform, so ``a``
+    uses the total row count for all fields. The small item scale matters: with Adam a weight moves by about
+    ``lr`` per step, so a popular item's embedding stands out from the initial noise within a few steps
+    (N(0, 0.05) needs hundreds); a small category scale, on the other hand, slows learning to match a
+    candidate's category in the history (measured in ``benchmarks/RESULTS.md``).
     """
     with torch.no_grad():
-        if p.emb_init == "glorot":
-            a = math.sqrt(6.0 / (sum(t.num_embeddings for t in tables) + p.emb_dim))
-            for t in tables:
-                t.weight.uniform_(-a, a)
-        else:
-            for t in tables:
-                t.weight.normal_(0.0, p.emb_std)
+        total = sum(t.num_embeddings for t in tables)
         for t in tables:
+            if p.emb_init == "normal":
+                t.weight.normal_(0.0, p.emb_std)
+            else:
+                rows = total if p.emb_init == "glorot_shared" else t.num_embeddings
+                a = math.sqrt(6.0 / (rows + p.emb_dim))
+                t.weight.uniform_(-a, a)
             t.weight[0] = 0
 
 
