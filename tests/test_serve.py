@@ -7,9 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,16 +26,12 @@ from lsdata.cli import app
 from lsdata.defaults import TrainConfig
 from lsdata.models.base import DataSpec
 from lsdata.serve.engine import Engine, Events, StateCodec
+from lsdata.serve.parity import fold_logits, forward_logits, later_events, median_time, sequences
 from lsdata.serve.state import Conflict, SQLiteStore, list_snapshots, open_store, restore_snapshot, take_snapshot
+from lsdata.serve.testing import start_redis, start_server, stop_server
 from lsdata.serve.warmup import warmup
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,102 +54,26 @@ def engines(runs):
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
     """A real redis-server on a free port in a temporary directory (installed by .ci/run from the OS packages)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
+    started = start_redis(tmp_path_factory.mktemp("redis"))
+    if started is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server not installed (.ci/run installs it with apt-get)")
         pytest.skip("redis-server not installed (apt-get install redis-server)")
-    d, port = tmp_path_factory.mktemp("redis"), free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    r = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
+    proc, url = started
+    yield url
     proc.terminate()
     proc.wait(10)
 
 
-def sequences(root: Path) -> pl.DataFrame:
-    from lsdata.dataset import open_dataset
-
-    ds = open_dataset(root)
-    return pl.concat([ds.read("sequences", p) for p in ds.parts("sequences")]).sort("user")
-
-
-def split_time(seqs: pl.DataFrame) -> int:
-    return int(np.median(np.concatenate(seqs["ts"].to_list())))
-
-
-def later_events(root: Path, t: int, engine: Engine) -> list[dict]:
-    """Every event at or after ``t`` as API events (raw ids), in time order (each user's order kept)."""
-    seqs = sequences(root)
-    flat = seqs.explode(["item", "cate", "behavior", "ts"]).filter(pl.col("ts") >= t)
-    flat = flat.with_row_index("k").sort(["ts", "k"])  # stable by time: each user's stored order is kept
-    return [{"user": engine.users.raw(u), "item": engine.items.raw(i), "behavior": int(b), "ts": int(ts)}
-            for u, i, b, ts in flat.select("user", "item", "behavior", "ts").iter_rows()]
-
-
-def offline_logits(engine: Engine, root: Path, users: list[int], cands: np.ndarray) -> np.ndarray:
-    """The batched forward (the training path) over each user's whole stored sequence."""
-    seqs = sequences(root).filter(pl.col("user").is_in(users)).sort("user")
-    assert seqs["user"].to_list() == sorted(users)
-    lens = seqs["length"].to_numpy()
-    width = int(lens.max())
-    batch = {}
-    for col in ("item", "cate", "behavior"):
-        mat = np.zeros((len(lens), width), np.int64)
-        mat[np.arange(width)[None, :] >= width - lens[:, None]] = np.concatenate(seqs[col].to_list())
-        batch[f"hist_{col}"] = torch.from_numpy(mat)
-    batch |= {"hist_len": torch.from_numpy(lens), "item": torch.from_numpy(cands),
-              "cate": torch.from_numpy(engine.items.extra[cands])}
-    with torch.no_grad():
-        return engine.model(batch)[0].numpy()
-
-
-def health_pid(url: str) -> int:
-    return httpx.get(f"{url}/health", headers={"connection": "close"}, timeout=30).json()["pid"]
-
-
 @contextlib.contextmanager
 def server(run: Path, store: str, *args: str, workers: int = 1):
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lsdata.cli", "serve", "start", str(run), "--store", store,
-                             "--port", str(port), "--workers", str(workers), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url, pids = start_server(run, store, *args, workers=workers, timeout=120, cwd=ROOT)
     try:
-        deadline = time.time() + 120
-        pids: set[int] = set()
         with httpx.Client(base_url=url, timeout=30) as c:
             c.worker_pids = pids
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(f"server exited {proc.returncode}: {proc.stdout.read().decode()}")
-                try:
-                    pids |= {health_pid(url) for _ in range(3 * workers)}  # new connections reach other workers
-                    if len(pids) >= workers or time.time() > deadline:
-                        break
-                except httpx.TransportError:
-                    if time.time() > deadline:
-                        raise
-                time.sleep(0.2)
             yield c, proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_server(proc, 20)
 
 
 def post_in_chunks(c: httpx.Client, events: list[dict], size: int) -> None:
@@ -164,36 +82,17 @@ def post_in_chunks(c: httpx.Client, events: list[dict], size: int) -> None:
         assert r.status_code == 200, r.text
 
 
-def offline_fold_logits(engine: Engine, root: Path, users: list[int], cands: np.ndarray) -> np.ndarray:
-    """The model's own incremental path offline, one user at a time: init_state(1), update over the user's
-    whole stored sequence, score."""
-    seqs = sequences(root)
-    out = []
-    with torch.no_grad():
-        for u, i in zip(users, cands):
-            row = seqs.filter(pl.col("user") == u).row(0, named=True)
-            ev = [torch.tensor([row[k]]) for k in ("item", "cate", "behavior")]
-            state = engine.fold_matrix(engine.model.init_state(1), *ev)
-            cand = {"item": torch.tensor([int(i)]), "cate": torch.tensor([int(engine.items.extra[i])])}
-            out.append(engine.model.score(state, cand)[0].item())
-    return np.array(out)
-
-
-def check_parity(c: httpx.Client, engine: Engine, root: Path, per_user: bool = False) -> float:
+def check_parity(c: httpx.Client, engine: Engine, per_user: bool = False) -> float:
     """Max |online - offline| logit over every user; offline = the batched forward over all users, or with
-    ``per_user`` the model's update/score one user at a time (MIMN: see the redis test)."""
+    ``per_user`` the model's update/score one user at a time (MIMN: see lsdata.serve.parity)."""
     users = list(range(1, engine.users.size + 1))
-    rng = np.random.default_rng(0)
-    cands = rng.integers(1, engine.items.size + 1, len(users))
+    cands = np.random.default_rng(0).integers(1, engine.items.size + 1, len(users))
     online = []
     for u, i in zip(users, cands):
         r = c.post("/score", json={"user": engine.users.raw(u), "items": [engine.items.raw(int(i)), engine.items.raw(1)]})
         assert r.status_code == 200, r.text
         online.append(r.json()["logits"][0])
-    if per_user:
-        offline = offline_fold_logits(engine, root, users, cands)
-    else:
-        offline = offline_logits(engine, root, users, cands)
+    offline = (fold_logits if per_user else forward_logits)(engine, users, cands)
     diff = float(np.abs(np.array(online) - offline).max())
     assert diff < 1e-5, diff
     return diff
@@ -224,13 +123,13 @@ def test_state_codec_round_trip_is_bit_exact(name, taobao_layouts):
 def test_online_scores_equal_the_offline_model_sqlite_one_worker(runs, engines, taobao_layouts, tmp_path):
     """hpmn: warm up on the first half of time, post the rest to a real server, score every user."""
     engine = engines["hpmn"]
-    seqs = sequences(taobao_layouts)
-    t = split_time(seqs)
-    events = later_events(taobao_layouts, t, engine)
+    seqs = sequences(engine)
+    t = median_time(engine)
+    events = later_events(engine, t)
     store = str(tmp_path / "state.sqlite")
     with server(runs / "hpmn", store, "--warmup-all", "--warmup-until", str(t)) as (c, _):
         post_in_chunks(c, events, 37)
-        check_parity(c, engine, taobao_layouts)
+        check_parity(c, engine)
         u = seqs.row(0, named=True)
         info = c.get(f"/users/{engine.users.raw(u['user'])}").json()
         assert info["events"] == u["length"] and info["last_ts"] == u["ts"][-1] and info["model_version"] == engine.version
@@ -280,8 +179,8 @@ def test_online_scores_equal_the_offline_model_redis_two_workers(runs, engines, 
     the offline reference is the model's update/score over each user's whole sequence, one user at a time.
     """
     engine = engines["mimn"]
-    t = split_time(sequences(taobao_layouts))
-    events = later_events(taobao_layouts, t, engine)
+    t = median_time(engine)
+    events = later_events(engine, t)
     with server(runs / "mimn", redis_url, "--warmup-all", "--warmup-until", str(t), "--warmup-batch", "1", "--reset",
                 "--namespace", "par", workers=2) as (c, _):
         assert len(c.worker_pids) == 2  # both worker processes answered
@@ -301,7 +200,7 @@ def test_online_scores_equal_the_offline_model_redis_two_workers(runs, engines, 
             th.join()
         total = sum(c.get(f"/users/{u}").json()["events"] for u in dict.fromkeys(e["user"] for e in events))
         assert total >= len(events)  # every post landed (a failed post in a thread would not raise here)
-        check_parity(c, engine, taobao_layouts, per_user=True)
+        check_parity(c, engine, per_user=True)
 
 
 def test_warmup_days_fold_exactly_the_window(engines, taobao_layouts, tmp_path):
@@ -309,7 +208,7 @@ def test_warmup_days_fold_exactly_the_window(engines, taobao_layouts, tmp_path):
     store = SQLiteStore(tmp_path / "s.sqlite")
     engine.pin(store)
     info = warmup(engine, store, days=2.5)
-    flat = sequences(taobao_layouts).explode(["ts"])
+    flat = sequences(engine).explode(["ts"])
     end = int(flat["ts"].max()) + 1
     want = flat.filter(pl.col("ts") >= end - int(2.5 * 86400)).group_by("user").len()
     got = store.get(want["user"].to_list())
@@ -344,13 +243,13 @@ def test_snapshot_then_rollback_restores_the_state_exactly(kind, engines, taobao
     url = request.getfixturevalue("redis_url") if kind == "redis" else str(tmp_path / "s.sqlite")
     store = open_store(url, namespace=f"snap-{kind}")
     engine.pin(store, reset=True)
-    t = split_time(sequences(taobao_layouts))
+    t = median_time(engine)
     warmup(engine, store, days=None, until=t)
     snaps = tmp_path / "snaps"
     day1 = take_snapshot(store, snaps, "day1")
     state1 = {k: r for b in store.iter_all() for k, r in b.items()}
     assert day1["users"] == len(state1) > 0
-    ev = later_events(taobao_layouts, t, engine)[:200]
+    ev = later_events(engine, t)[:200]
     u = engine.users.lookup([e["user"] for e in ev])
     groups = {int(x): [e for e, uu in zip(ev, u) if uu == x] for x in dict.fromkeys(u.tolist())}
     events = Events(list(groups), *[[np.array([f(e) for e in g]) for g in groups.values()] for f in (
@@ -390,7 +289,7 @@ def test_a_process_killed_mid_write_leaves_every_record_as_before(kind, runs, en
     ns = f"crash-{kind}"
     store = open_store(url, ns)
     engine.pin(store, reset=True)
-    warmup(engine, store, days=None, until=split_time(sequences(taobao_layouts)))
+    warmup(engine, store, days=None, until=median_time(engine))
     users = list(range(1, 11))
     before = store.get(users)
     last = max(r.last_ts for r in before.values())
@@ -415,8 +314,8 @@ def test_server_killed_under_load_keeps_every_state_a_fold_of_its_events(runs, e
     """SIGKILL a real server while clients post events; afterwards every user's record must be exactly the
     warm-up state folded with the first (events - warm-up events) events that user's client sent."""
     engine = engines["hpmn"]
-    t = split_time(sequences(taobao_layouts))
-    events = later_events(taobao_layouts, t, engine)
+    t = median_time(engine)
+    events = later_events(engine, t)
     store = str(tmp_path / "load.sqlite")
     with server(runs / "hpmn", store, "--warmup-all", "--warmup-until", str(t)) as (c, proc):
         base = SQLiteStore(store).get(list(range(1, engine.users.size + 1)))

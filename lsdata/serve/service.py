@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -198,9 +199,16 @@ def run_server(settings: Settings, host: str, port: int, workers: int, log_level
     os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
     if workers == 1:
         uvicorn.run(create_app(settings, engine), host=host, port=port, log_level=log_level)
-    else:
-        uvicorn.run("lsdata.serve.service:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level)
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("lsdata.serve.service:app_from_env", factory=True, host=host, port=port, workers=workers,
+                            log_level=log_level)
+    sock = config.bind_socket()
+    # The shared socket is made with proto 0, so asyncio does not set TCP_NODELAY on the connections it accepts
+    # and every response waits ~40 ms for the client's delayed ACK (Nagle); accepted sockets inherit it from here.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def default_store(run: str | Path) -> Path:
