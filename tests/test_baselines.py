@@ -422,15 +422,13 @@ def test_attention_scores_on_real_positions_only_equal_the_dense_scores_there():
 
 
 @pytest.mark.parametrize("h_act", ["none", "relu"])
-def test_caser_grouped_conv1d_equals_one_conv2d_per_height(h_act, monkeypatch):
-    from lsdata.models.baselines import Caser
+def test_caser_grouped_conv1d_equals_one_conv2d_per_height(h_act):
+    from lsdata.models.blocks import caser_horizontal
 
-    monkeypatch.setattr(Caser, "HEIGHT_GROUP", 2)  # several groups, uneven sizes
     m = build("caser", window=10, heights=(3, 1, 7, 2, 10), h_act=h_act).eval()
     batch = make_batch(b=6, lengths=[0, 1, 4, 9, L, 10])
     with torch.no_grad():
         x, n, _ = m._image(batch)
-        got = m.horizontal(x, n)
         want = []
         for k, conv in zip(m.p.heights, m.h_convs):
             o = conv(x.unsqueeze(1)).squeeze(-1)
@@ -438,4 +436,6 @@ def test_caser_grouped_conv1d_equals_one_conv2d_per_height(h_act, monkeypatch):
             real = torch.arange(k - 1, x.shape[1])[None, :] >= (x.shape[1] - n)[:, None]
             o = o.masked_fill(~real[:, None, :], float("-inf")).amax(-1)
             want.append(torch.where((n > 0)[:, None], o, torch.zeros_like(o)))
-    torch.testing.assert_close(got, torch.cat(want, -1), rtol=1e-5, atol=1e-5)
+        for group in (2, 3, 25):  # several groups of uneven sizes, and one group
+            got = caser_horizontal(x, n, m.h_convs, relu=h_act == "relu", group=group)
+            torch.testing.assert_close(got, torch.cat(want, -1), rtol=1e-5, atol=1e-5)

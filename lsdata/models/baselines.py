@@ -14,11 +14,11 @@ from torch import Tensor, nn
 from lsdata.models import register
 from lsdata.models.base import CTRModel, DataSpec, ModelParams, zero
 from lsdata.models.blocks import (
-    NEG_INF,
     Affine,
     BehaviorEmbedding,
     DINAttention,
     Head,
+    caser_horizontal,
     front_mask,
     gru_step,
     history,
@@ -543,40 +543,9 @@ class Caser(CTRModel):
             n = n + 1
         return x, n, tgt
 
-    #: heights convolved together: one conv1d per group of this many heights (kernel = the group's largest, the
-    #: smaller filters zero-padded); 4x faster than one Conv2d per height at 50 heights, same outputs
-    HEIGHT_GROUP = 25
-
-    def horizontal(self, x: Tensor, n: Tensor) -> Tensor:
-        """``[B, len(heights) * n_h]``: per height ``k`` and filter, the max over the windows of ``k`` rows that
-        end on a real row (``o_j = b + sum_{r<k} W[r] . x[j + r]``, the paper's ``k x D_e`` convolution)."""
-        b, t, _ = x.shape
-        heights, n_h = self.p.heights, self.p.n_h
-        pad = t - n
-        xt = F.pad(x.transpose(1, 2), (0, max(heights) - 1))  # zeros after the end: windows running past it
-        pos = torch.arange(t, device=x.device)
-        out: list[Tensor | None] = [None] * len(heights)
-        order = sorted(range(len(heights)), key=heights.__getitem__)
-        for g in range(0, len(order), self.HEIGHT_GROUP):
-            idx = order[g : g + self.HEIGHT_GROUP]
-            ks = [heights[i] for i in idx]
-            kmax = max(ks)
-            w = torch.cat([F.pad(self.h_convs[i].weight.squeeze(1).transpose(1, 2), (0, kmax - k)) for i, k in zip(idx, ks)])
-            bias = torch.cat([self.h_convs[i].bias for i in idx])
-            o = F.conv1d(xt[..., : t + kmax - 1], w, bias).view(b, len(ks), n_h, t)  # window j = rows j..j+k-1
-            if self.p.h_act == "relu":
-                o = torch.relu(o)
-            last = pos[None, :] + torch.tensor(ks, device=x.device)[:, None] - 1  # [G, t] each window's last row
-            real = (last[None] < t) & (last[None] >= pad[:, None, None])  # [B, G, t]
-            o = o.masked_fill(~real[:, :, None, :], NEG_INF).amax(-1)  # [B, G, n_h]
-            o = torch.where((n > 0)[:, None, None], o, torch.zeros_like(o))
-            for j, i in enumerate(idx):
-                out[i] = o[:, j]
-        return torch.cat(out, -1)
-
     def forward(self, batch):
         x, n, tgt = self._image(batch)
-        outs = [self.horizontal(x, n)]
+        outs = [caser_horizontal(x, n, self.h_convs, relu=self.p.h_act == "relu")]
         v = torch.einsum("ft,btd->bdf", self.v_weight, x) + self.v_bias  # [B, D_e, n_v]
         outs.append(self.v_out(v).squeeze(-1))
         if not self.p.append_target:

@@ -239,6 +239,44 @@ class Head(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+#: Caser heights convolved together: one conv1d per group of this many heights (kernel = the group's largest, the
+#: smaller filters zero-padded); 4x faster than one Conv2d per height at 50 heights, same outputs
+CASER_HEIGHT_GROUP = 25
+
+
+def caser_horizontal(x: Tensor, n: Tensor, convs: nn.ModuleList, relu: bool, group: int | None = None) -> Tensor:
+    """Caser's horizontal filters over a front-padded image ``x`` ``[B, t, D]`` with ``n`` ``[B]`` real rows:
+    ``[B, len(convs) * n_h]``, per ``Conv2d(1, n_h, (k, D))`` in ``convs`` and filter the max over the windows of
+    ``k`` rows that end on a real row (``o_j = b + sum_{r<k} W[r] . x[j + r]``, ReLU first if ``relu``); a sample
+    with no real row gets zeros. Windows made only of padding never enter the max, so the output does not depend
+    on how much padding precedes the history."""
+    b, t, _ = x.shape
+    group = group or CASER_HEIGHT_GROUP
+    heights = [c.kernel_size[0] for c in convs]
+    n_h = convs[0].out_channels
+    pad = t - n
+    xt = F.pad(x.transpose(1, 2), (0, max(heights) - 1))  # zeros after the end: windows running past it
+    pos = torch.arange(t, device=x.device)
+    out: list[Tensor | None] = [None] * len(heights)
+    order = sorted(range(len(heights)), key=heights.__getitem__)
+    for g in range(0, len(order), group):
+        idx = order[g : g + group]
+        ks = [heights[i] for i in idx]
+        kmax = max(ks)
+        w = torch.cat([F.pad(convs[i].weight.squeeze(1).transpose(1, 2), (0, kmax - k)) for i, k in zip(idx, ks)])
+        bias = torch.cat([convs[i].bias for i in idx])
+        o = F.conv1d(xt[..., : t + kmax - 1], w, bias).view(b, len(ks), n_h, t)  # window j = rows j..j+k-1
+        if relu:
+            o = torch.relu(o)
+        last = pos[None, :] + torch.tensor(ks, device=x.device)[:, None] - 1  # [G, t] each window's last row
+        real = (last[None] < t) & (last[None] >= pad[:, None, None])  # [B, G, t]
+        o = o.masked_fill(~real[:, :, None, :], NEG_INF).amax(-1)  # [B, G, n_h]
+        o = torch.where((n > 0)[:, None, None], o, torch.zeros_like(o))
+        for j, i in enumerate(idx):
+            out[i] = o[:, j]
+    return torch.cat(out, -1)
+
+
 class DINAttention(nn.Module):
     """DIN local activation unit: ``s_t = MLP([q, k_t, q - k_t, q * k_t])``, normalised over ``t``.
 

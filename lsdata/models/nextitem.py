@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from lsdata.models import register
 from lsdata.models.base import DataSpec
-from lsdata.models.blocks import front_mask, masked_softmax, run_rnn
+from lsdata.models.blocks import caser_horizontal, front_mask, masked_softmax, run_rnn
 
 
 class NextItemParams(BaseModel):
@@ -249,7 +249,8 @@ class CaserNext(NextItemModel):
     """Caser (Tang & Wang, WSDM 2018), the official graytowne/caser_pytorch forward (models.md §11).
 
     E = ItemEmb(last L items) as a 1-channel L×d image; vertical conv (n_v filters L×1) -> n_v·d; horizontal
-    convs of heights 1..L (n_h filters k×d each, ReLU, max-pooled over positions) -> L·n_h;
+    convs of heights 1..L (n_h filters k×d each, ReLU, max-pooled over the windows that end on a real event:
+    windows of padding only are left out, as in the CTR ``caser``; shared :func:`caser_horizontal`) -> L·n_h;
     z = ReLU(W_1 Dropout([o_v; o_h]) + b_1) [d]; x = [z; UserEmb(u)] [2d]; score(i) = W_2[i]·x + b_2[i] with
     separate output tables. Loss: binary CE with 3 uniform negatives per target (official; the official
     also predicts T = 3 next items, here 1). Defaults (official): d 50, L 5, n_v 4, n_h 16, dropout 0.5,
@@ -281,10 +282,11 @@ class CaserNext(NextItemModel):
         nn.init.normal_(self.w2.weight, 0.0, 1.0 / (2 * d))
 
     def encode(self, batch):
-        e = self.item(batch["hist_item"].long()).unsqueeze(1)  # [B, 1, L, d]
-        o_v = self.conv_v(e).flatten(1)
-        o_h = [F.relu(c(e)).squeeze(3).amax(2) for c in self.conv_h]
-        z = F.relu(self.fc1(self.drop(torch.cat([o_v, *o_h], 1))))
+        x = self.item(batch["hist_item"].long())  # [B, L, d], front-padded
+        o_v = self.conv_v(x.unsqueeze(1)).flatten(1)
+        n = batch["hist_len"].long().clamp(max=x.shape[1])
+        o_h = caser_horizontal(x, n, self.conv_h, relu=True)  # windows of padding only never enter the max
+        z = F.relu(self.fc1(self.drop(torch.cat([o_v, o_h], 1))))
         return torch.cat([z, self.user(batch["user"].long())], 1), _zero(z)
 
     def output(self):
