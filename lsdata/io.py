@@ -14,8 +14,11 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import zipfile
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -106,14 +109,16 @@ def iter_line_chunks(
     """
     line_no = first_line
     rest = b""
+    buf = bytearray(chunk_bytes)  # raw blocks are read into this one buffer (no fresh 64 MiB per block)
     with open_binary(path) as f:
-        for block in _span_blocks(f, chunk_bytes, span):
-            block = rest + block
-            cut = block.rfind(b"\n")
+        for size in _span_reads(f, buf, span):
+            cut = buf.rfind(b"\n", 0, size)
             if cut < 0:
-                rest = block
+                rest += buf[:size]
                 continue
-            chunk, rest = block[: cut + 1], block[cut + 1 :]
+            with memoryview(buf) as mv:  # the one copy: the leftover partial line, then the block's whole lines
+                chunk = b"".join((rest, mv[: cut + 1]))
+            rest = bytes(buf[cut + 1 : size])
             n = chunk.count(b"\n")
             yield line_no, n, chunk
             line_no += n
@@ -121,11 +126,19 @@ def iter_line_chunks(
         yield line_no, 1, rest + b"\n"
 
 
-def _span_blocks(f: IO[bytes], chunk_bytes: int, span: tuple[int, int] | None) -> Iterator[bytes]:
-    """Raw blocks of ``f`` holding exactly the lines that start in ``span`` (the whole stream if None)."""
+def _span_reads(f: IO[bytes], buf: bytearray, span: tuple[int, int] | None) -> Iterator[int]:
+    """The raw blocks of ``f`` holding exactly the lines that start in ``span`` (the whole stream if None), read
+    into ``buf``: yields each block's size, the block being ``buf[:size]`` until the next step (``buf`` grows if
+    the line that straddles the span's end is longer than it)."""
+    chunk_bytes = len(buf)
+
+    def read(limit: int) -> int:
+        with memoryview(buf) as mv:
+            return f.readinto(mv[:limit]) or 0
+
     if span is None:
-        while block := f.read(chunk_bytes):
-            yield block
+        while size := read(chunk_bytes):
+            yield size
         return
     start, end = span
     pos = 0
@@ -134,25 +147,29 @@ def _span_blocks(f: IO[bytes], chunk_bytes: int, span: tuple[int, int] | None) -
         pos = start - 1 + len(f.readline())
     last = b"\n"
     while pos < end:
-        block = f.read(min(chunk_bytes, end - pos))
-        if not block:
+        size = read(min(chunk_bytes, end - pos))
+        if not size:
             return
-        pos += len(block)
-        last = block[-1:]
-        yield block
+        pos += size
+        last = bytes(buf[size - 1 : size])
+        yield size
     if last != b"\n":  # the line that straddles `end` belongs to this span
         tail = f.readline()
         if tail:
-            yield tail
+            if len(tail) > len(buf):
+                buf.extend(bytes(len(tail) - len(buf)))
+            buf[: len(tail)] = tail
+            yield len(tail)
 
 
 def count_span_lines(path: str | Path, span: tuple[int, int], chunk_bytes: int = 64 << 20) -> int:
     """Number of lines that start in ``span`` of a plain file (what :func:`iter_line_chunks` yields for it)."""
     n, last = 0, b"\n"
+    buf = bytearray(chunk_bytes)
     with open_binary(path) as f:
-        for block in _span_blocks(f, chunk_bytes, span):
-            n += block.count(b"\n")
-            last = block[-1:]
+        for size in _span_reads(f, buf, span):
+            n += buf.count(b"\n", 0, size)
+            last = bytes(buf[size - 1 : size])
     return n + (last != b"\n")
 
 
@@ -170,11 +187,14 @@ def head_lines(path: str | Path, n: int = 5, max_bytes: int = 1 << 20) -> list[b
     return out
 
 
-def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
+def sha256_file(path: str | Path, block: int = 1 << 22, stop: threading.Event | None = None) -> str:
+    """Hex sha256 of the file (of the archive for ``archive.zip::member``); ``stop``: give up (returns "") once set."""
     p, _ = _split_member(path)
     h = hashlib.sha256()
     with open(p, "rb") as f:
         while b := f.read(block):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(b)
     return h.hexdigest()
 
@@ -239,6 +259,62 @@ def publish(tmp: Path, root: Path, entries: list[str], marker: str) -> None:
         os.replace(tmp / e, dst)
     if (tmp / marker).exists():
         os.replace(tmp / marker, root / marker)
+
+
+class Background:
+    """Calls run on worker threads while the caller goes on computing: Parquet/IPC writes and hashing, whose C code
+    releases the GIL, overlap with the next partition's work instead of waiting for it.
+
+    Calls on one ``lane`` run one at a time, in submission order (appends to one file stay in order); different
+    lanes run concurrently. At most ``limit`` calls per lane are pending: :meth:`submit` first waits for that
+    lane's oldest beyond it, so memory stays bounded by what those calls hold. The first error of a call is raised
+    in the caller by :meth:`submit`, :meth:`wait` or on leaving the ``with`` block; leaving it on an error cancels
+    the calls that have not started and waits for the running ones (nothing writes into a staging directory that
+    is being removed).
+    """
+
+    def __init__(self, limit: int = 2):
+        self.limit = limit
+        self._lanes: dict[str, tuple[ThreadPoolExecutor, deque[Future]]] = {}
+        #: set once the threads are being stopped (on leaving the block): long calls may check it and return early
+        self.stopped = threading.Event()
+
+    def submit(self, lane: str, fn: Callable, *args, **kwargs) -> Future:
+        if lane not in self._lanes:
+            self._lanes[lane] = (ThreadPoolExecutor(1, thread_name_prefix=f"lsdata-{lane}"), deque())
+        ex, pending = self._lanes[lane]
+        while len(pending) >= self.limit:
+            pending.popleft().result()
+        f = ex.submit(fn, *args, **kwargs)
+        pending.append(f)
+        return f
+
+    def wait(self, lane: str | None = None) -> None:
+        """Wait for every call submitted so far (on ``lane``, or on all lanes); raises the first error."""
+        for name, (_, pending) in self._lanes.items():
+            if lane is None or name == lane:
+                while pending:
+                    pending.popleft().result()
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop the worker threads: after the pending calls (raising the first error) or, with ``cancel``, dropping
+        the calls not yet started."""
+        try:
+            if not cancel:
+                self.wait()
+        finally:
+            self.stopped.set()
+            for ex, pending in self._lanes.values():
+                for f in pending:
+                    f.cancel()
+                ex.shutdown(wait=True)
+            self._lanes.clear()
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(cancel=exc_type is not None)
 
 
 def file_bytes(paths: list[str | Path]) -> int:

@@ -24,7 +24,7 @@ each partition appended as row groups to ``layouts/NAME/{train,valid,test}.parqu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,11 @@ import pyarrow.parquet as pq
 
 from lsdata.dataset import Dataset
 from lsdata.defaults import LAYOUTS, PRESETS, SPLITS, LayoutLengths
-from lsdata.events import parquet_options
-from lsdata.io import InputError, publish, sha256_file, staging_dir, write_model_atomic
+from lsdata.events import arrow_memory, parquet_options
+from lsdata.io import Background, InputError, publish, sha256_file, staging_dir, write_model_atomic
 from lsdata.samples import flat_list, item_categories
 from lsdata.schemas import LAYOUT_ROWS, LayoutReport, arrow_schema
-from lsdata.views import fixed_list, gather, split_window, window
+from lsdata.views import arrow_array, fixed_list, pad_values, split_window_rows, take, window_rows
 
 HIST_FIELDS = {"item": pa.int32(), "cate": pa.int32(), "behavior": pa.int8()}
 SIDE_FIELDS = {"user": pa.int32(), "behavior": pa.int8()}
@@ -51,6 +51,20 @@ class Ranges:
     values: dict[str, np.ndarray]
     starts: np.ndarray
     ends: np.ndarray
+    #: field -> (pad, values zero-padded by pad): made once, shared by subsets (see :meth:`take`)
+    padded: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict, repr=False, compare=False)
+
+    def take(self, f: str, view: tuple[np.ndarray, np.ndarray, np.ndarray], holes: np.ndarray | None = None) -> np.ndarray:
+        """Field ``f`` over a window ``view`` = ``(first, mask, length)`` from :func:`lsdata.views.window_rows`
+        (0 at padded positions; ``holes`` = ``~mask`` when the caller has it)."""
+        first, mask, _ = view
+        width = mask.shape[1]
+        pad, vp = self.padded.get(f, (-1, None))
+        if pad < width:
+            pad = width
+            vp = pad_values(self.values[f], pad)
+            self.padded[f] = (pad, vp)
+        return take(vp, pad, first, mask, holes=holes)
 
 
 def widths_of(name: str, w: LayoutLengths) -> dict[str, int]:
@@ -114,28 +128,28 @@ def layout_table(
     cols: dict[str, pa.Array] = {c: target[c].to_arrow() for c in ("user", "label", "item", "cate", "ts")}
 
     def put(prefix: str, fields: dict[str, pa.DataType], r: Ranges, view) -> None:
-        idx, mask, n = view
+        holes = ~view[1]
         for f, t in fields.items():
-            cols[f"{prefix}_{f}"] = fixed_list(gather(r.values[f], idx, mask), t)
-        cols[f"{prefix}_len"] = pa.array(n, pa.int32())
+            cols[f"{prefix}_{f}"] = fixed_list(r.take(f, view, holes), t)
+        cols[f"{prefix}_len"] = arrow_array(view[2], pa.int32())
 
     if name == "shan":
         ws = widths_of(name, w)
-        (hl, hs) = split_window(hist.starts, hist.ends, ws["long"], ws["short"])
-        (sl, ss) = split_window(side.starts, side.ends, ws["side_long"], ws["side_short"])
+        (hl, hs) = split_window_rows(hist.starts, hist.ends, ws["long"], ws["short"])
+        (sl, ss) = split_window_rows(side.starts, side.ends, ws["side_long"], ws["side_short"])
         put("long", HIST_FIELDS, hist, hl)
         put("short", HIST_FIELDS, hist, hs)
         put("side_long", SIDE_FIELDS, side, sl)
         put("side_short", SIDE_FIELDS, side, ss)
     else:
         pad = "post" if name == "plain" else "front"
-        hv = window(hist.starts, hist.ends, w.hist, pad)
+        hv = window_rows(hist.starts, hist.ends, w.hist, pad)
         put("hist", HIST_FIELDS, hist, hv)
-        put("side", SIDE_FIELDS, side, window(side.starts, side.ends, w.side, pad))
+        put("side", SIDE_FIELDS, side, window_rows(side.starts, side.ends, w.side, pad))
         if name == "mimn":
             if negatives is None:
                 raise ValueError("mimn needs a NegativeSampler")
-            items = gather(hist.values["item"], hv[0], hv[1])
+            items = hist.take("item", hv)
             neg_item, neg_cate = negatives(items, hv[1], stream)
             cols["neg_item"] = fixed_list(neg_item, pa.int32())
             cols["neg_cate"] = fixed_list(neg_cate, pa.int32())
@@ -144,23 +158,36 @@ def layout_table(
 
 
 class LayoutWriter:
-    """Appends row groups per split to ``NAME/{train,valid,test}.parquet`` inside a staging dir."""
+    """Appends row groups per split to ``NAME/{train,valid,test}.parquet`` inside a staging dir.
 
-    def __init__(self, tmp: Path, name: str, w: LayoutLengths):
+    With ``bg`` the writes run on its lane ``NAME`` (in order; the three layouts' files are encoded concurrently,
+    while the next partition is computed)."""
+
+    def __init__(self, tmp: Path, name: str, w: LayoutLengths, bg: Background | None = None):
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.w = w
+        self.bg = bg
         self.schema = arrow_schema(LAYOUT_ROWS[name], widths_of(name, w))
         self.writers = {s: pq.ParquetWriter(self.dir / f"{s}.parquet", self.schema, **parquet_options(self.schema)) for s in SPLITS}
         self.rows = dict.fromkeys(SPLITS, 0)
 
     def write(self, split: str, table: pa.Table) -> None:
         if table.num_rows:
-            self.writers[split].write_table(table, row_group_size=1 << 16)
+            if self.bg is None:
+                self.writers[split].write_table(table, row_group_size=1 << 16)
+            else:
+                self.bg.submit(self.name, self.writers[split].write_table, table, row_group_size=1 << 16)
             self.rows[split] += table.num_rows
 
     def close(self) -> LayoutReport:
+        """Finish the files (after the pending writes), write ``report.json``; returns the report."""
+        if self.bg is not None:
+            return self.bg.submit(self.name, self._close).result()
+        return self._close()
+
+    def _close(self) -> LayoutReport:
         for wr in self.writers.values():
             wr.close()
         files = {f"{s}.parquet": sha256_file(self.dir / f"{s}.parquet") for s in SPLITS}
@@ -170,8 +197,10 @@ class LayoutWriter:
 
 
 def publish_layouts(ds: Dataset, tmp: Path, writers: dict[str, LayoutWriter]) -> dict[str, LayoutReport]:
-    """Close every writer and move its files into ``layouts/NAME/`` (report.json last)."""
-    reports = {n: wr.close() for n, wr in writers.items()}
+    """Close every writer (concurrently, on their lanes, when they have one) and move its files into
+    ``layouts/NAME/`` (report.json last)."""
+    closing = {n: wr.bg.submit(n, wr._close) if wr.bg is not None else None for n, wr in writers.items()}
+    reports = {n: f.result() if f is not None else writers[n].close() for n, f in closing.items()}
     for n in writers:
         publish(tmp / n, ds.layout_dir(n), [f"{s}.parquet" for s in SPLITS] + ["report.json"], "report.json")
     return reports
@@ -206,8 +235,10 @@ def side_part(ev: pl.DataFrame, item: np.ndarray, ts: np.ndarray, width: int) ->
     item = item.astype(np.int64)
     first = np.searchsorted(key, item << 32, side="left")
     stop = np.searchsorted(key, (item << 32) | ts.astype(np.int64), side="left")  # strictly before ts
-    idx, mask, ln = window(first, stop, width, "front")
-    return gather(ev["user"].to_numpy(), idx, mask), gather(ev["behavior"].to_numpy(), idx, mask), ln
+    view = window_rows(first, stop, width, "front")
+    r = Ranges({"user": ev["user"].to_numpy(), "behavior": ev["behavior"].to_numpy()}, first, stop)
+    holes = ~view[1]
+    return r.take("user", view, holes), r.take("behavior", view, holes), view[2]
 
 
 def side_ranges(users: np.ndarray, behs: np.ndarray, lens: np.ndarray) -> Ranges:
@@ -218,7 +249,7 @@ def side_ranges(users: np.ndarray, behs: np.ndarray, lens: np.ndarray) -> Ranges
 
 
 def subset(r: Ranges, sel: np.ndarray) -> Ranges:
-    return Ranges(r.values, r.starts[sel], r.ends[sel])
+    return Ranges(r.values, r.starts[sel], r.ends[sel], r.padded)
 
 
 def part_tables(
@@ -272,8 +303,10 @@ def build(
     samples = pl.read_parquet(ds.samples_path)
     side = side_windows(ds, samples, max(w.side for w in lengths.values()))
     sample_users = samples["user"].to_numpy()
-    with staging_dir(ds.root, "layouts") as tmp:
-        writers = {n: LayoutWriter(tmp, n, w) for n, w in lengths.items()}
+    # each layout's Parquet encoding runs on its own thread while the next partition's windows are gathered;
+    # at most one partition's tables per layout wait to be written
+    with arrow_memory(), staging_dir(ds.root, "layouts") as tmp, Background(limit=len(SPLITS)) as bg:
+        writers = {n: LayoutWriter(tmp, n, w, bg) for n, w in lengths.items()}
         for part_no, p in enumerate(ds.parts("sequences")):
             seq = ds.read("sequences", p, ["user", "item", "cate", "behavior"])
             users = seq["user"].to_numpy()

@@ -75,6 +75,49 @@ def test_ties_are_broken_by_file_then_line(tmp_path):
     assert ev.select("src_file", "src_row").rows() == [(0, 1), (0, 2), (1, 1), (1, 2)]
 
 
+def test_item_category_is_that_of_its_earliest_event_by_time_file_line(tmp_path):
+    # the same item in three categories: earliest by ts, then file, then line (the packed one-key order and the
+    # three-column order it replaces must agree, including across files)
+    a = write_taobao(tmp_path / "a.csv", [(1, 7, 50, "pv", T0 + 9), (2, 7, 51, "pv", T0), (3, 8, 60, "pv", T0)])
+    b = write_taobao(tmp_path / "b.csv", [(4, 7, 52, "pv", T0), (5, 8, 61, "pv", T0 - 1), (6, 8, 62, "pv", T0 - 1)])
+    from lsdata import events as ev_mod
+    from lsdata.ingest.taobao import RAW_TYPE
+
+    for paths, want in (([b, a], {7: 52, 8: 61}), ([a, b], {7: 51, 8: 61})):
+        ingest("taobao", [str(x) for x in paths], tmp_path / "d")
+        v = pl.read_parquet(tmp_path / "d" / "vocab" / "item.parquet").join(
+            pl.read_parquet(tmp_path / "d" / "vocab" / "cate.parquet").select(pl.col("id").alias("cate"), pl.col("raw").alias("cate_raw")),
+            on="cate",
+        )
+        assert dict(v.select("raw", "cate_raw").rows()) == want
+    builder = ev_mod.EventBuilder(tmp_path / "w", 2, RAW_TYPE)
+    frame = pl.DataFrame(
+        {"user": [1, 2, 3], "item": [7, 7, 7], "cate": [1, 2, 3], "behavior": [1, 1, 1], "ts": [T0, T0, T0 - 1],
+         "rating": [None] * 3, "src_file": [1, 0, 1], "src_row": [5, 9, 1 << 40]},
+        schema=ev_mod.raw_schema(RAW_TYPE),
+    )
+    builder.add(frame)
+    builder.add(frame.with_columns(pl.col("src_row") + 1, pl.col("cate") + 3))
+    builder.spills()
+    assert isinstance(builder._first_key(), list)  # src_row needs 41 bits: ts + file + row do not fit one int64
+    v = builder.build_vocabs()["item"]
+    assert v["count"].to_list() == [6] and v["cate"].to_list() == [3]  # raw cate 3 (file 1, row 2^40) is dense id 3
+
+
+def test_an_error_in_a_background_write_fails_the_ingest_and_leaves_no_staging(tmp_path, monkeypatch):
+    good = write_taobao(tmp_path / "a.csv", [(1, 2, 3, "pv", T0), (2, 3, 3, "pv", T0 + 1)])
+    from lsdata import events as ev_mod
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ev_mod, "_write_parquet_now", boom)
+    with pytest.raises(OSError, match="disk full"):
+        ingest("taobao", [str(good)], tmp_path / "d", IngestOptions(partitions=2))
+    assert not (tmp_path / "d" / "manifest.json").exists()
+    assert not list((tmp_path / "d").glob(".ingest.tmp-*"))
+
+
 def test_dense_ids_are_one_based_in_raw_order(tmp_path):
     p = write_taobao(tmp_path / "a.csv", [(30, 7, 5, "pv", T0), (10, 9, 5, "buy", T0 + 1), (20, 7, 6, "fav", T0 + 2)])
     ingest("taobao", [str(p)], tmp_path / "d")

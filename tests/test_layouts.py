@@ -36,6 +36,23 @@ def test_window_keeps_the_most_recent_events_on_the_padding_side(rs, width, side
         assert n[k] == min(width, b - a)
 
 
+@settings(max_examples=200, deadline=None)
+@given(rs=ranges, width=st.integers(1, 12), side=st.sampled_from(["front", "post"]), long=st.integers(1, 10), short=st.integers(1, 6))
+def test_row_windows_take_what_the_position_windows_gather(rs, width, side, long, short):
+    values = np.arange(1, 32, dtype=np.int32)
+    s, e = np.array(rs).T
+    pad = max(width, long, short)
+    padded = views.pad_values(values, pad)
+    idx, mask, n = views.window(s, e, width, side)
+    first, mask2, n2 = views.window_rows(s, e, width, side)
+    assert np.array_equal(mask, mask2) and np.array_equal(n, n2)
+    assert np.array_equal(views.take(padded, pad, first, mask2), views.gather(values, idx, mask))
+    for (i, m, k), (f, m2, k2) in zip(views.split_window(s, e, long, short), views.split_window_rows(s, e, long, short)):
+        assert np.array_equal(views.take(padded, pad, f, m2, holes=~m2), views.gather(values, i, m)) and np.array_equal(k, k2)
+    empty = views.pad_values(values[:0], pad)
+    assert not views.take(empty, pad, first, np.zeros_like(mask2)).any()
+
+
 def naive_crop(seq, long, short):
     """HPMN util.crop on the history only (protocol.md §2.3)."""
     if len(seq) < short:

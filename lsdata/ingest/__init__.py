@@ -21,7 +21,7 @@ from lsdata.defaults import DEFAULT_PARTITION_BYTES, MAX_PARTITIONS, IngestOptio
 from lsdata.events import EventBuilder
 from lsdata.ingest import amazon, taobao, xlong
 from lsdata.ingest.common import FileTask, IngestContext, Quarantine, reconcile
-from lsdata.io import InputError, check_input_file, file_bytes, publish, sha256_file, staging_dir, write_model_atomic
+from lsdata.io import Background, InputError, check_input_file, file_bytes, publish, sha256_file, staging_dir, write_model_atomic
 from lsdata.schemas import Manifest
 
 SOURCES = {"taobao": taobao, "amazon": amazon, "xlong": xlong}
@@ -38,14 +38,17 @@ def is_synthetic(path: str) -> bool:
     return Path(str(path).split("::")[0] + ".synthetic.json").exists()
 
 
-def output_hashes(root: Path, entries: list[str]) -> dict[str, str]:
+def output_hashes(root: Path, entries: list[str], known: dict[Path, str] | None = None) -> dict[str, str]:
+    """sha256 of every file under ``entries`` of ``root``, by relative path; ``known``: hashes already taken of
+    finished files (by path), not read again."""
+    known = known or {}
     out = {}
     for e in entries:
         p = root / e
         files = sorted(p.rglob("*")) if p.is_dir() else [p]
         for f in files:
             if f.is_file():
-                out[str(f.relative_to(root))] = sha256_file(f)
+                out[str(f.relative_to(root))] = known.get(f) or sha256_file(f)
     return out
 
 
@@ -80,8 +83,11 @@ def ingest(
         return mod.ingest(paths, out, options, progress)
     tasks = mod.plan(paths, options)
     partitions = options.partitions or auto_partitions(paths)
-    with staging_dir(out, "ingest") as tmp:
-        builder = EventBuilder(tmp / "work", partitions, mod.RAW_TYPE)
+    with staging_dir(out, "ingest") as tmp, Background() as bg:
+        # the inputs' sha256 (for the manifest) is taken while they are parsed; spill and Parquet writes, and the
+        # outputs' sha256, run on bg's threads while the next batch or partition is computed
+        input_sha = bg.submit("hash_inputs", lambda: {t.path: sha256_file(t.path, stop=bg.stopped) for t in tasks})
+        builder = EventBuilder(tmp / "work", partitions, mod.RAW_TYPE, bg)
         quarantine = Quarantine(options.strict)
         ctx = IngestContext(builder, quarantine, options, progress)
         item_cat = mod.prepare(tasks, ctx)
@@ -90,17 +96,21 @@ def ingest(
                 mod.read(t, ctx)
         check_events(builder.rows, paths, quarantine)
         summary = builder.finish(tmp, item_cat)
-        return publish_ingest(tmp, out, dataset, paths, options, tasks, ctx, partitions, summary)
+        return publish_ingest(tmp, out, dataset, paths, options, tasks, ctx, partitions, summary, input_sha.result(), builder.hashes)
 
 
 def publish_ingest(
     tmp: Path, out: Path, dataset: str, paths: list[str], options: IngestOptions, tasks: list[FileTask],
-    ctx: IngestContext, partitions: int, summary: dict,
+    ctx: IngestContext, partitions: int, summary: dict, input_sha: dict[str, str] | None = None,
+    output_sha: dict[Path, str] | None = None,
 ) -> Manifest:
-    """The end of every engine's ingest: quarantine, reconciled per-file reports, manifest (last), publish ``tmp``."""
+    """The end of every engine's ingest: quarantine, reconciled per-file reports, manifest (last), publish ``tmp``.
+
+    ``input_sha`` (input path -> sha256) and ``output_sha`` (written file -> sha256): hashes already taken."""
     shutil.rmtree(tmp / "work", ignore_errors=True)
     ctx.quarantine.write(tmp / "quarantine.parquet")
-    sources = [reconcile(t, ctx.file(t), sha256_file(t.path), file_bytes([t.path])) for t in tasks]
+    input_sha = input_sha or {}
+    sources = [reconcile(t, ctx.file(t), input_sha.get(t.path) or sha256_file(t.path), file_bytes([t.path])) for t in tasks]
     manifest = Manifest(
         dataset=dataset,
         synthetic=all(is_synthetic(p) for p in paths),
@@ -108,7 +118,7 @@ def publish_ingest(
         sources=sources,
         partitions=partitions,
         quarantined=ctx.quarantine.count,
-        files=output_hashes(tmp, OUTPUTS[:-1]),
+        files=output_hashes(tmp, OUTPUTS[:-1], output_sha),
         **summary,
     )
     write_model_atomic(tmp / "manifest.json", manifest)

@@ -87,7 +87,7 @@ class Quarantine:
         if self._frames:
             t = pl.concat(self._frames).to_arrow().cast(schema)
         else:
-            t = pa.table({f.name: pa.array([], f.type) for f in schema}, schema=schema)
+            t = pa.table({f.name: pa.nulls(0, f.type) for f in schema}, schema=schema)  # (pa.array([]) imports pandas)
         write_parquet(t, path)
 
 

@@ -21,6 +21,7 @@ KIND = "behavior"
 COLUMNS = ("user", "item", "cate", "behavior", "ts")
 _CODES = {b: int(Behavior[b]) for b in TAOBAO_BEHAVIORS}
 _ENUM = pl.Enum(list(TAOBAO_BEHAVIORS))
+_ENUM_CODES = pl.Series([_CODES[b] for b in TAOBAO_BEHAVIORS], dtype=pl.Int8)  # Enum physical index -> Behavior code
 _LINE_RE = re.compile(rb"^\s*\d+\s*,\s*\d+\s*,\s*\d+\s*,\s*(pv|buy|cart|fav)\s*,\s*\d+\s*$")
 
 
@@ -64,7 +65,7 @@ def _fast(chunk: bytes, n_lines: int) -> pl.DataFrame | None:
     ).item()
     if not ok:
         return None
-    return df.with_columns(pl.col("behavior").cast(pl.Utf8).replace_strict(_CODES, return_dtype=pl.Int8))
+    return df.with_columns(_ENUM_CODES.gather(df["behavior"].to_physical()).alias("behavior"))
 
 
 def _exact(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -127,15 +128,18 @@ def read(task: FileTask, ctx: IngestContext) -> None:
             ctx.reject(task, bad)
         if keep_codes is not None:
             keep = good["behavior"].is_in(keep_codes)
-            counts.drop("behavior not selected (--behaviors)", int((~keep).sum()))
-            good = good.filter(keep)
+            n_drop = int((~keep).sum())
+            counts.drop("behavior not selected (--behaviors)", n_drop)
+            if n_drop:
+                good = good.filter(keep)
         outside = ~good["ts"].is_between(lo, hi, closed="left")
         n_out = int(outside.sum())
         if opts.keep_out_of_window:
             counts.note("kept outside collection window", n_out)
         else:
             counts.drop("timestamp outside collection window", n_out)
-            good = good.filter(~outside)
+            if n_out:
+                good = good.filter(~outside)
         ctx.emit(
             task,
             good.select(
