@@ -97,6 +97,8 @@ class NegativeSampler:
         rows = np.arange(n, dtype=np.int64)[:, None]
         span = np.int64(self.n_items + 1)
         own = np.sort((rows * span + hist)[mask])  # duplicates are harmless for the membership test
+        if not own.size:  # no history shown in this batch: a key no draw (>= 1) can equal, nothing clashes
+            own = np.zeros(1, np.int64)
         neg = rng.integers(1, self.n_items + 1, size=(n, width))
         todo = mask.copy()
         for _ in range(64):  # rejection: expected rounds ~ 1 + |history| / n_items

@@ -135,6 +135,16 @@ def test_mimn_negatives_avoid_the_shown_history_and_padding(built):
         assert (np.array(r["neg_cate"]) == lut[neg]).all()
 
 
+def test_mimn_negatives_of_a_batch_without_any_shown_history():
+    # e.g. a part of the real Amazon Books slice whose users all have one review: every history is empty
+    sampler = layouts.NegativeSampler(5, np.arange(6, dtype=np.int32), seed=1)
+    neg, cate = sampler(np.zeros((3, 4), np.int32), np.zeros((3, 4), bool), stream=0)
+    assert (neg == 0).all() and (cate == 0).all()
+    hist = np.array([[2, 0], [0, 0]], np.int32)
+    neg, _ = sampler(hist, hist > 0, stream=0)
+    assert neg[0, 0] not in (0, 2) and (neg[0, 1:] == 0).all() and (neg[1] == 0).all()
+
+
 def test_layouts_are_byte_identical_when_rebuilt(built):
     before = {s: (built.layout_dir("mimn") / f"{s}.parquet").read_bytes() for s in ("train", "test")}
     layouts.build(built, ["mimn"])

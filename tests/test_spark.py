@@ -12,6 +12,7 @@ README set-up and .ci/run). Alone: ``python -m pytest -q -m spark``.
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from lsdata.defaults import LAYOUTS, TAOBAO_WINDOW, IngestOptions, SplitOptions
 from lsdata.ingest import ingest
 from lsdata.io import InputError, count_span_lines, iter_line_chunks
 from lsdata.split import quantile_cut
-from tests.conftest import write_taobao
+from tests.conftest import REALDATA, need, write_taobao
 
 T0 = TAOBAO_WINDOW[0] + 3600
 
@@ -44,17 +45,19 @@ def spark():
     s.stop()
 
 
-def run_both(spark, src: list[str], root: Path, opts: IngestOptions, split: SplitOptions) -> tuple[Path, Path]:
+def run_both(
+    spark, src: list[str], root: Path, opts: IngestOptions, split: SplitOptions, dataset: str = "taobao"
+) -> tuple[Path, Path]:
     from lsdata.spark import ingest as spark_ingest
     from lsdata.spark import layouts as spark_layouts
     from lsdata.spark import split as spark_split
 
     single, dist = root / "single", root / "spark"
-    ingest("taobao", src, single, opts)
+    ingest(dataset, src, single, opts)
     ds = open_dataset(single)
     samples.build(ds, split)
     layouts.build(ds, list(LAYOUTS))
-    spark_ingest.ingest(spark, "taobao", src, dist, opts)
+    spark_ingest.ingest(spark, dataset, src, dist, opts)
     ds = open_dataset(dist)
     spark_split.build(spark, ds, split)
     spark_layouts.build(spark, ds, list(LAYOUTS))
@@ -98,21 +101,112 @@ def test_spark_equals_single_machine_on_generated_data(spark, tmp_path):
     assert m.quarantined > 0 and len(m.sources) == 2 and m.events > 20_000
 
 
-@pytest.mark.spark
-def test_spark_strict_mode_names_the_same_first_bad_row(spark, tmp_path):
-    from lsdata.spark import ingest as spark_ingest
-
+def bad_taobao(root: Path) -> Path:
     rows = [(1, 10, 1, "pv", T0 + i) for i in range(400)]
     rows[250] = (1, 10, 1, "pv", "soon")
     rows[300] = (1, 10, 1, "click", T0)
-    p = write_taobao(tmp_path / "bad.csv", rows)
-    opts = IngestOptions(strict=True, chunk_bytes=1 << 10)
+    return write_taobao(root / "bad.csv", rows)
+
+
+def bad_amazon(root: Path) -> Path:
+    lines = [json.dumps({"reviewerID": f"U{i % 7}", "asin": f"B{i % 5}", "unixReviewTime": T0 + i}) for i in range(400)]
+    lines[250] = lines[250].replace(f"{T0 + 250}", '"soon"')
+    lines[300] = "oops"
+    (root / "bad.json").write_text("\n".join(lines) + "\n")
+    return root / "bad.json"
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize(
+    ("dataset", "write", "where"),
+    [("taobao", bad_taobao, "bad.csv:251:ts"), ("amazon", bad_amazon, "bad.json:251:unixReviewTime")],
+)
+def test_spark_strict_mode_names_the_same_first_bad_row(spark, tmp_path, dataset, write, where):
+    from lsdata.spark import ingest as spark_ingest
+
+    p = write(tmp_path)
+    opts = IngestOptions(strict=True, chunk_bytes=1 << 10)  # 1 KiB spans: the bad rows are in later ones
     with pytest.raises(InputError) as single:
-        ingest("taobao", [str(p)], tmp_path / "a", opts)
+        ingest(dataset, [str(p)], tmp_path / "a", opts)
     with pytest.raises(InputError) as dist:
-        spark_ingest.ingest(spark, "taobao", [str(p)], tmp_path / "b", opts)
-    assert str(dist.value) == str(single.value) and "bad.csv:251:ts" in str(dist.value)
+        spark_ingest.ingest(spark, dataset, [str(p)], tmp_path / "b", opts)
+    assert str(dist.value) == str(single.value) and where in str(dist.value)
     assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+AMAZON_BOOKS = REALDATA / "amazon2014_kmucs-bigdata"  # 2014 reviews (plain JSON lines) + Python-literal meta
+AMAZON_FASHION = REALDATA / "amazon2018_NathanJackyLee" / "AMAZON_FASHION_5.json.gz"  # 2018 5-core reviews, gzip
+
+
+@pytest.mark.spark
+def test_spark_equals_single_machine_on_the_real_amazon_slices(spark, tmp_path):
+    reviews, meta = need(AMAZON_BOOKS / "reviews_sample.txt"), need(AMAZON_BOOKS / "meta-1000.json")
+    # 64 KiB spans: the 833 KiB plain 2014 reviews are parsed by 14 tasks joining the broadcast meta table; the
+    # 2018 .gz is one task; meta (given between them) is read on the driver, as single-machine
+    opts = IngestOptions(chunk_bytes=64 << 10, partitions=3)
+    assert reviews.stat().st_size > 10 * opts.chunk_bytes
+    src = [str(reviews), str(meta), str(need(AMAZON_FASHION))]
+    single, dist = run_both(spark, src, tmp_path, opts, SplitOptions(), dataset="amazon")
+    assert assert_same_files(single, dist) == 3 * 3 + 3 + 2 + 2 + 4 * 4
+    m = open_dataset(dist).manifest
+    assert (m.events, m.quarantined) == (1000 + 3176, 0)
+    assert [(s.kind, s.rows_kept) for s in m.sources] == [("reviews", 1000), ("meta", 1000), ("reviews", 3176)]
+
+
+def amazon_generated(root: Path) -> list[str]:
+    """Every Amazon format from ``lsdata.synth.amazon`` with malformed lines: plain 2014 reviews (JSON and Python
+    literal lines), the generator's .gz reviews, 2014 Python-literal meta (a bad record, a duplicate asin), 2018
+    JSON meta, a plain ratings CSV with a header and a .gz one."""
+    from lsdata.synth import amazon
+
+    gz, meta = amazon.generate(root / "gen", n_users=300, n_items=80, seed=3, missing_meta=0.2)
+    lines = gzip.decompress(gz.read_bytes()).decode().splitlines()
+    recs = [json.loads(x) for x in lines]
+    bad = ["not json", '{"reviewerID": "U1", "asin": "B1"}', "", '{"reviewerID": "", "asin": "B1", "unixReviewTime": 1}']
+    out = [repr(r) if k % 50 == 7 else x for k, (x, r) in enumerate(zip(lines, recs, strict=True))]
+    for k, b in enumerate(bad):
+        out.insert(300 * (k + 1), b)
+    plain = root / "reviews.json"
+    plain.write_text("\n".join(out) + "\n")
+    meta_lines = meta.read_text().splitlines()
+    meta14 = root / "meta14.json"
+    meta14.write_text("\n".join([meta_lines[0], "{'asin': 'B9', 'categories': 'Books'}", *meta_lines, "[1, 2]"]) + "\n")
+    asins = sorted({r["asin"] for r in recs})
+    meta18 = root / "meta18.json"
+    meta18.write_text("".join(json.dumps({"asin": a, "title": "t", "category": ["Fashion", f"Leaf{i % 4}"]}) + "\n"
+                              for i, a in enumerate(asins)))
+    ratings = [f"{r['reviewerID']}x,{r['asin']},{r['overall']},{r['unixReviewTime'] + k}" for k, r in enumerate(recs)]
+    ratings[500], ratings[1700] = "A1,B2,five,1300000000", "A1,B2,3.0"
+    csv = root / "ratings.csv"
+    csv.write_text("user,item,rating,timestamp\n" + "\n".join(ratings) + "\n")
+    csv_gz = root / "ratings2.csv.gz"
+    csv_gz.write_bytes(gzip.compress(("\n".join(ratings[:400]) + "\n").encode()))
+    return [str(p) for p in (plain, str(gz), meta14, meta18, csv, csv_gz)]
+
+
+@pytest.mark.spark
+def test_spark_equals_single_machine_on_generated_amazon_data(spark, tmp_path):
+    src = amazon_generated(tmp_path)
+    opts = IngestOptions(chunk_bytes=32 << 10, partitions=4, category_path="first")
+    assert Path(src[0]).stat().st_size > 10 * opts.chunk_bytes and Path(src[4]).stat().st_size > 2 * opts.chunk_bytes
+    single, dist = run_both(spark, src, tmp_path, opts, SplitOptions(pairs=True), dataset="amazon")
+    assert_same_files(single, dist)
+    m = open_dataset(dist).manifest
+    assert [s.kind for s in m.sources] == ["reviews", "reviews", "meta", "meta", "ratings", "ratings"]
+    assert m.quarantined == 4 + 2 + 2  # reviews.json, meta14.json, ratings.csv
+    assert m.sources[2].dropped == {"duplicate asin (first record kept)": 1} and m.sources[3].rows_dropped > 0
+    assert m.sources[4].dropped == {"header line": 1}
+
+
+@pytest.mark.spark
+def test_spark_refuses_xlong_with_a_one_line_error(spark, tmp_path):
+    from lsdata.spark import ingest as spark_ingest
+
+    p = tmp_path / "train.txt"
+    p.write_text("1\t2\n")
+    with pytest.raises(InputError, match=r"^--engine spark: xlong is not supported yet \(supported: taobao, amazon\)"):
+        spark_ingest.ingest(spark, "xlong", [str(p)], tmp_path / "out", IngestOptions())
+    assert not (tmp_path / "out").exists()
 
 
 @settings(max_examples=60, deadline=None)

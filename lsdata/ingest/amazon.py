@@ -454,7 +454,7 @@ def _emit(task: FileTask, ctx: IngestContext, good: pl.DataFrame, behavior: Beha
 
 def _read_reviews(task: FileTask, ctx: IngestContext) -> None:
     counts = ctx.file(task)
-    for first, n_lines, chunk in iter_line_chunks(task.path, ctx.options.chunk_bytes):
+    for first, n_lines, chunk in iter_line_chunks(task.path, ctx.options.chunk_bytes, task.span, task.first_line):
         counts.read += n_lines
         lines, _ = lines_frame(chunk, first)
         good = _reviews_fast(chunk, lines)
@@ -467,10 +467,10 @@ def _read_reviews(task: FileTask, ctx: IngestContext) -> None:
 
 def _read_ratings(task: FileTask, ctx: IngestContext) -> None:
     counts = ctx.file(task)
-    for first, n_lines, chunk in iter_line_chunks(task.path, ctx.options.chunk_bytes):
+    for first, n_lines, chunk in iter_line_chunks(task.path, ctx.options.chunk_bytes, task.span, task.first_line):
         counts.read += n_lines
         nbytes = len(chunk)
-        if first == 1:
+        if first == 1:  # the file's first line (a span of the file numbers its lines from task.first_line)
             head = chunk[: chunk.find(b"\n")].decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")
             if _is_header(head.split(",")):
                 counts.drop("header line", 1)
@@ -485,7 +485,8 @@ def _read_ratings(task: FileTask, ctx: IngestContext) -> None:
 
 
 def read(task: FileTask, ctx: IngestContext) -> None:
-    """Parse one reviews or ratings file into ``ctx`` (events, rejects, counts)."""
+    """Parse one reviews or ratings file (or the ``task.span`` of a plain one) into ``ctx`` (events, rejects,
+    counts); the asin -> category table is the one :func:`prepare` left in ``ctx.side``."""
     if task.kind == "reviews":
         _read_reviews(task, ctx)
     elif task.kind == "ratings":

@@ -7,6 +7,7 @@ remapped, sorted, grouped and written by the single-machine functions, called in
 ==============  ===========================================================  =======================================
 stage           runs per Spark task (single-machine function)                Spark does
 ==============  ===========================================================  =======================================
+ingest: meta    (``source.prepare`` on the driver, as single-machine)         broadcast of its side table
 ingest: parse   ``source.read`` on one byte span of a raw file               line counts per span, span -> task
 ingest: vocab   (``events.dense_vocabs`` on the driver, over the aggregates)  ``groupBy(raw id)`` counts, ``min_by``
 ingest: users   ``events.write_user_partition`` on one user-hash partition   shuffle by ``partition_of(user)``
@@ -14,6 +15,12 @@ ingest: items   ``events.write_item_partition`` on one item partition        shu
 split           ``samples.user_last`` / ``samples.locate_part`` per part    exact quantile cut from a histogram
 layouts         ``layouts.side_part`` / ``layouts.part_tables`` per part     join of samples, side windows, parts
 ==============  ===========================================================  =======================================
+
+Sources: Taobao and Amazon (all its formats: 2014/2018 review JSON lines, 2014 Python-literal and 2018 JSON meta,
+ratings CSV; plain files in byte spans, compressed files one task each). Amazon meta is not distributed: the
+single-machine ``amazon.prepare`` reads it on the driver (meta files are much smaller than reviews) and its asin ->
+category table is broadcast to the tasks parsing reviews and ratings, which join it exactly as single-machine.
+XLong is refused with a one-line error (``lsdata append`` has no Spark engine).
 
 The outputs are those of the single-machine engine on the same input, options and seed: the same files with the
 same rows in the same order (``tests/test_spark.py`` compares them). Tasks write their partition's files straight

@@ -2,14 +2,22 @@
 
 Jobs, in order (every row-level step is the single-machine function, see :mod:`lsdata.spark`):
 
-1. **spans**: each plain input file is cut into byte spans of ``chunk_bytes``; one task per span counts the lines
-   that start in it, so every span knows its first line number (compressed files are one span: not seekable).
-2. **parse**: one task per span runs the source's own ``read`` (:mod:`lsdata.ingest.taobao`) on that span and
-   tags each event with its user partition (:func:`lsdata.events.partition_of`, the same hash). Per-span counts,
-   rejected rows and input errors go to side files in the staging directory; the events to ``work/raw``.
+0. **side tables** (driver, not distributed): the source's ``prepare`` runs on the driver exactly as in the
+   single-machine engine. For Amazon it reads every meta file (2014 Python literals, 2018 JSON) into the asin ->
+   category table, its rejects going to the quarantine first and its duplicate asins counted, as single-machine;
+   meta files are much smaller than reviews. What ``prepare`` leaves in ``IngestContext.side`` is broadcast to
+   the parse tasks (Taobao: nothing).
+1. **spans**: each plain event file (Taobao CSV, Amazon review JSON lines or ratings CSV) is cut into byte spans
+   of ``chunk_bytes``; one task per span counts the lines that start in it, so every span knows its first line
+   number (compressed files are one span: not seekable).
+2. **parse**: one task per span runs the source's own ``read`` (:mod:`lsdata.ingest.taobao`,
+   :mod:`lsdata.ingest.amazon`, which joins the broadcast meta table) on that span and tags each event with its
+   user partition (:func:`lsdata.events.partition_of`, the same hash). Per-span counts, rejected rows and input
+   errors go to side files in the staging directory; the events to ``work/raw``.
 3. **vocab**: ``groupBy`` counts per raw user/item/category and each item's category at its earliest
    ``(ts, src_file, src_row)`` (``min_by``) - a distributed aggregation over the events; the driver ranks the
-   unique ids with :func:`lsdata.events.dense_vocabs` (dense id = rank of the raw id, as single-machine).
+   unique ids with :func:`lsdata.events.dense_vocabs` (dense id = rank of the raw id, as single-machine; Amazon
+   meta categories override the event's, as single-machine).
 4. **partitions**: ``groupBy(user partition).applyInArrow``: each partition is sorted back into
    ``(src_file, src_row)`` order and handed to :func:`lsdata.events.write_user_partition`; its item-side rows are
    shuffled by item partition to :func:`lsdata.events.write_item_partition`. No stage sorts globally.
@@ -45,7 +53,7 @@ from lsdata.ingest.common import FileCounts, FileTask, IngestContext, Quarantine
 from lsdata.io import InputError, compression_of, count_span_lines, staging_dir
 from lsdata.schemas import Manifest
 
-SPARK_SOURCES = ("taobao",)  # sources whose parser reads a span of a file (FileTask.span)
+SPARK_SOURCES = ("taobao", "amazon")  # sources whose parser reads a span of a file (FileTask.span)
 
 
 def plan_spans(spark, tasks: list[FileTask], span_bytes: int) -> list[FileTask]:
@@ -106,18 +114,23 @@ def _side(work: Path, i: int) -> Path:
     return work / "spans" / f"{i:06d}"
 
 
-def parse(spark, dataset: str, spans: list[FileTask], options: IngestOptions, partitions: int, work: Path):
-    """Job 2: every span parsed by the source's ``read``; returns the raw events (with ``_p``) from ``work/raw``."""
+def parse(
+    spark, dataset: str, spans: list[FileTask], options: IngestOptions, partitions: int, work: Path, side: dict | None = None
+):
+    """Job 2: every span parsed by the source's ``read``; returns the raw events (with ``_p``) from ``work/raw``.
+
+    ``side``: the driver's ``IngestContext.side`` after ``prepare`` (e.g. Amazon's meta table), broadcast to the tasks."""
     raw_type = SOURCES[dataset].RAW_TYPE
     schema = pl.DataFrame(schema={**raw_schema(raw_type), "_p": pl.Int32}).to_arrow().schema
     work_s = str(work)
+    shared = spark.sparkContext.broadcast(dict(side or {}))
 
     def run(batches):
         mod = SOURCES[dataset]
         for i in sp.ids(batches):
             task = spans[i]
             events, rejects = _Events(), _Rejects()
-            ctx = IngestContext(events, rejects, options)
+            ctx = IngestContext(events, rejects, options, side=dict(shared.value))
             error = None
             try:
                 mod.read(task, ctx)
@@ -135,7 +148,10 @@ def parse(spark, dataset: str, spans: list[FileTask], options: IngestOptions, pa
                 yield from df.to_arrow().cast(schema).to_batches()
 
     raw_dir = work / "raw"
-    sp.tasks(spark, len(spans)).mapInArrow(run, sp.schema_of(schema)).write.mode("overwrite").parquet(str(raw_dir))
+    try:
+        sp.tasks(spark, len(spans)).mapInArrow(run, sp.schema_of(schema)).write.mode("overwrite").parquet(str(raw_dir))
+    finally:
+        shared.destroy()
     return spark.read.parquet(str(raw_dir))
 
 
@@ -238,9 +254,9 @@ def ingest(spark, dataset: str, paths: list[str], out: str | Path, options: Inge
         ctx = IngestContext(None, quarantine, options)
         item_cat = mod.prepare(tasks, ctx)
         spans = plan_spans(spark, [t for t in tasks if t.kind in mod.EVENT_KINDS], options.chunk_bytes)
-        raw = parse(spark, dataset, spans, options, partitions, work)
+        raw = parse(spark, dataset, spans, options, partitions, work, ctx.side)
         collect_side(work, spans, ctx)
-        rows = sum(c.kept for c in ctx.counts.values())
+        rows = sum(ctx.file(t).kept for t in tasks if t.kind in mod.EVENT_KINDS)  # (meta files count their records)
         check_events(rows, paths, quarantine)
         v = vocabs(raw, item_cat)
         write_vocabs(v, tmp, mod.RAW_TYPE)
