@@ -63,7 +63,7 @@ class Engine(str, Enum):
 
 ENGINE_HELP = ("single: this process, one partition at a time (default). spark: Apache Spark through PySpark "
                "(pip install 'lsdata[spark]'; Java 17+), the same per-partition code and the same output files; "
-               "Taobao ingest, split and layouts (lsdata/spark/__init__.py).")
+               "Taobao and Amazon ingest, split and layouts (lsdata/spark/__init__.py).")
 SPARK_MASTER_HELP = ("--engine spark: Spark master URL: local[N] (N cores of this machine), spark://HOST:PORT, yarn, ... "
                      "Default local[2], or spark-submit's --master when run through lsdata/spark/submit.py. Inputs and "
                      "the output directory must be on a file system every executor sees.")
@@ -448,12 +448,14 @@ def train(
     select_on: Annotated[Optional[str], typer.Option(help="Next-item models: full | sampled, the ranking whose valid NDCG@10 selects the checkpoint (default full; both reported).")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Next-item models: a position is a target only with at least this many earlier events (default 1).")] = None,
     stride: Annotated[Optional[int], typer.Option(help="Next-item models: every stride-th training position per user, back from the most recent (default 1 = all).")] = None,
+    targets: Annotated[Optional[str], typer.Option(help="Next-item models: last (one target per training sample) | all (every position of a max_len window predicts its next event; default: the model's, all for sasrec and dman).")] = None,
 ) -> None:
     """Train a model, select it on the validation split, score the test split once; writes config.json,
     log.csv, metrics.json, curve.png and checkpoints to the run directory. Works under `torchrun` (DDP).
 
-    Next-item models (sasrec, gru4rec_next, stamp, caser_next, sdm) read sequences/ directly (no layout):
-    every position after the warm-up is a target with the most recent max_len earlier events as history,
+    Next-item models (sasrec, gru4rec_next, stamp, caser_next, sdm, dman) read sequences/ directly (no layout):
+    every position after the warm-up is a target with the most recent max_len earlier events as history
+    (--targets all: trained as windows of max_len events where every position predicts its next event),
     split by the dataset's `lsdata split` protocol: cut (default: targets after the global cut time are test,
     validation carved before it) or loo (last event test, second last validation; LEAKS GLOBAL TIME: a training
     target can be later than another user's test target, use it only to compare with papers). Metrics: HR,
@@ -472,7 +474,7 @@ def train(
                      patience=patience, seed=seed, device=device, amp=amp, workers=workers, streaming=streaming, threads=threads)
         conf |= {k: v for k, v in given.items() if v is not None}
         nxt = dict(loss=loss, negatives=negatives, sampler=sampler, pop_alpha=pop_alpha, eval_negatives=eval_negatives,
-                   select_on=select_on, warmup=warmup, stride=stride)
+                   select_on=select_on, warmup=warmup, stride=stride, targets=targets)
         conf["next_item"] = {**conf.get("next_item", {}), **{k: v for k, v in nxt.items() if v is not None}}
         conf["params"] = {**conf.get("params", {}), **_parse_sets(set_)}
         conf |= {"model": model, "data": str(data)}

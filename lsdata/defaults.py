@@ -171,6 +171,13 @@ class NextItemOptions(_Opts):
 
     warmup: int = Field(1, ge=1, description="a position is a target only with at least this many history events (strictly earlier)")
     stride: int = Field(1, ge=1, description="training targets: every stride-th position of a user, counted back from the most recent (1 = every position)")
+    targets: Literal["last", "all"] | None = Field(
+        None, description="training samples: last = one target per sample, predicted from the last position of its "
+        "history window (every position is its own sample: the sliding window); all = every position of a window of "
+        "max_len events predicts its next event (the official SASRec / DMAN training: non-overlapping windows, each "
+        "training target once per epoch, targets tied in time with the event before them skipped; needs a model "
+        "with a per-position encoder and stride 1). Validation and test are one target per sample either way. "
+        "None = the model's default (all for sasrec and dman, else last)")
     loss: Literal["ce", "sampled_softmax", "bce", "bpr"] | None = Field(
         None, description="ce = full softmax cross-entropy over all items; sampled_softmax = cross-entropy over the "
         "positive and the sampled negatives (logQ-corrected with the popularity sampler); bce = binary CE of the "

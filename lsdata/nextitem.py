@@ -3,7 +3,9 @@
 A next-item sample is a pointer ``(row, target, hist_end)`` into the flat arrays of ``sequences/``: ``target``
 is the flat position of the event to predict, the history is the user's events in ``[row start, hist_end)``,
 and a batch's ``[B, L]`` windows are gathered on the fly with :func:`lsdata.views.window` (the most recent
-``L`` history events, front-padded). Nothing per sample is materialised.
+``L`` history events, front-padded). Nothing per sample is materialised. Validation and test samples are
+always of this kind (one target, predicted from the last position); training samples are too with
+``--targets last``, or all-position windows with ``--targets all`` (below).
 
 Which positions are targets
 ---------------------------
@@ -15,6 +17,20 @@ Which positions are targets
 * **Stride** ``s`` (``NextItemOptions.stride``, training targets only): of a user's training positions, every
   ``s``-th counted back from the most recent one (``s = 1``: every position, the sliding window). Validation
   and test keep every eligible position.
+
+All-position training samples (``--targets all``, :func:`build_windows`, :class:`WindowDataset`)
+-------------------------------------------------------------------------------------------------
+Every input position is a target, as the official SASRec and DMAN train. A sample is a window ``(row, end)``:
+inputs = the ``L`` events before flat position ``end`` (front-padded), targets = each input's next event, so the
+window's targets are positions ``end - L + 1 .. end``. A user's windows are non-overlapping chunks of ``L``
+counted back from the user's last counted training target (windows without a counted target are dropped), so
+every counted training target is predicted exactly once per epoch. A position counts in the loss
+(``pos_target > 0``) only if its target (a) is a training target of the split protocol that passes the warm-up
+(as above, no stride: ``--stride`` applies to ``--targets last``) and (b) is strictly later than the input event
+at that position (``ts[t] < ts[t + 1]``): a causal model's output at a position sees that input and earlier
+ones, so no counted target's history holds an event at or after its moment. **Targets tied in time with the
+event before them are skipped** in this mode (common in Amazon data, whose reviews have day granularity);
+``--targets last`` keeps them (its history simply stops before the tie).
 
 Split protocols (read from the dataset's ``split/report.json``, i.e. ``lsdata split``)
 --------------------------------------------------------------------------------------
@@ -126,6 +142,40 @@ def build_index(seq: Sequences, method: str, cut: int | None, valid_cut: int | N
     return {k: Index(row[m], pos[m], hist_end[m]) for k, m in sets.items()}
 
 
+@dataclass
+class Windows:
+    """All-position training samples (module doc): window ``i`` of row ``row[i]`` has as inputs the ``L`` events
+    before flat position ``end[i]`` and as targets their next events; ``counted`` ``[n]`` marks, per flat
+    position, the targets that count in the loss."""
+
+    row: np.ndarray
+    end: np.ndarray
+    counted: np.ndarray
+
+    def __len__(self) -> int:
+        return self.end.size
+
+
+def build_windows(seq: Sequences, method: str, cut: int | None, valid_cut: int | None, warmup: int,
+                  max_len: int) -> Windows:
+    """Non-overlapping windows of ``max_len`` over every user's counted training targets (see the module doc)."""
+    counted = np.zeros(seq.ts.size, dtype=bool)
+    counted[build_index(seq, method, cut, valid_cut, warmup, 1)["train"].target] = True
+    counted[1:] &= seq.ts[:-1] < seq.ts[1:]  # the warm-up (>= 1) keeps a row's first event out: same row
+    pos = np.flatnonzero(counted)
+    row = seq.row_of[pos]
+    rows = np.unique(row)
+    first = pos[np.searchsorted(row, rows, side="left")]
+    last = pos[np.searchsorted(row, rows, side="right") - 1]
+    n = (last - first) // max_len + 1  # windows per user
+    k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # 0 = the user's most recent window
+    end = np.repeat(last, n) - k * max_len
+    lo = np.maximum(end - max_len, np.repeat(first, n) - 1)  # the window's targets are (lo, end] of this row
+    before = np.r_[0, np.cumsum(counted)]  # before[p] = counted targets at flat positions < p
+    keep = before[end + 1] > before[lo + 1]
+    return Windows(np.repeat(rows, n)[keep].astype(np.int32), end[keep], counted)
+
+
 def split_protocol(ds: Dataset) -> tuple[str, int | None, int | None, list[str]]:
     """``(method, cut_time, valid_cut_time, warnings)`` of the dataset's finished ``lsdata split``."""
     rep = ds.split_report()
@@ -150,20 +200,48 @@ class NextItemDataset(torch.utils.data.Dataset):
         idx = np.asarray(idx, dtype=np.int64)
         s, t = self.seq, self.index.target[idx]
         rows = self.index.row[idx]
-        win, mask, length = window(s.offsets[rows], self.index.hist_end[idx], self.max_len, "front")
-        return to_tensors({
-            "user": s.user[rows], "target": s.item[t], "target_cate": s.cate[t], "ts": s.ts[t],
-            "hist_item": gather(s.item, win, mask), "hist_cate": gather(s.cate, win, mask),
-            "hist_behavior": gather(s.behavior, win, mask), "hist_len": length,
-        })
+        hist, _, _ = _history(s, rows, self.index.hist_end[idx], self.max_len)
+        return to_tensors({"user": s.user[rows], "target": s.item[t], "target_cate": s.cate[t], "ts": s.ts[t], **hist})
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([i]).items()}
 
 
-def popularity(seq: Sequences, index: Index, n_items: int, alpha: float) -> np.ndarray:
-    """Sampling weights ``count^alpha`` of each item among the training targets (index 0 = padding = 0)."""
-    counts = np.bincount(seq.item[index.target], minlength=n_items + 1).astype(np.float64)
+def _history(s: Sequences, rows: np.ndarray, ends: np.ndarray, width: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The front-padded ``hist_*`` columns of the ``width`` events before ``ends``, and the window's flat positions
+    and mask."""
+    win, mask, length = window(s.offsets[rows], ends, width, "front")
+    return ({"hist_item": gather(s.item, win, mask), "hist_cate": gather(s.cate, win, mask),
+             "hist_behavior": gather(s.behavior, win, mask), "hist_len": length}, win, mask)
+
+
+class WindowDataset(NextItemDataset):
+    """Map-style dataset of all-position training windows (``--targets all``).
+
+    Batch contract: ``user`` int32 ``[B]``; ``hist_item``, ``hist_cate``, ``hist_behavior`` int32 ``[B, L]``
+    front-padded (the window's inputs), ``hist_len`` ``[B]``; ``pos_target`` int32 ``[B, L]``: the item each input
+    position predicts, 0 where that position does not count (padding, not a training target, tied in time).
+    """
+
+    def __init__(self, seq: Sequences, windows: Windows, max_len: int):
+        self.seq, self.windows, self.max_len = seq, windows, max_len
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitems__(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(idx, dtype=np.int64)
+        s, rows = self.seq, self.windows.row[idx]
+        hist, win, mask = _history(s, rows, self.windows.end[idx], self.max_len)
+        nxt = win + 1  # <= end: inside the row wherever mask holds
+        counted = mask & self.windows.counted.take(nxt, mode="clip")
+        return to_tensors({"user": s.user[rows], **hist, "pos_target": np.where(counted, s.item.take(nxt, mode="clip"), 0)})
+
+
+def popularity(seq: Sequences, targets: np.ndarray, n_items: int, alpha: float) -> np.ndarray:
+    """Sampling weights ``count^alpha`` of each item among the training targets (flat positions ``targets``;
+    index 0 = padding = 0)."""
+    counts = np.bincount(seq.item[targets], minlength=n_items + 1).astype(np.float64)
     counts[0] = 0.0
     return counts**alpha
 

@@ -3,7 +3,9 @@ data, losses and ranking metrics. The loop, checkpoints, resume, DDP, early stop
 and "test once with the validation-selected weights" are :func:`lsdata.train.train`'s, unchanged.
 
 * **Data**: :mod:`lsdata.nextitem` samples over ``sequences/`` under the dataset's split protocol
-  (``lsdata split``: ``cut`` or ``loo``), windows of the model's ``max_len``.
+  (``lsdata split``: ``cut`` or ``loo``), windows of the model's ``max_len``. ``--targets`` (default the model's
+  ``train_defaults``): ``last`` = one target per training sample; ``all`` = every counted position of a training
+  window is a target (``WindowDataset``), the loss below taken over the counted positions, flattened.
 * **Losses** (``--loss``, default the model paper's): ``ce`` full softmax over all items; ``sampled_softmax``
   cross-entropy over the positive and ``negatives`` sampled items (with the popularity sampler the logits
   are logQ-corrected, ``s - log q``, as GRU4Rec/SDM); ``bce`` ``-log σ(s_pos) - mean log(1 - σ(s_neg))``
@@ -28,7 +30,16 @@ from lsdata.defaults import TrainConfig
 from lsdata.io import InputError
 from lsdata.loader import EpochSampler, collate
 from lsdata.models.base import DataSpec
-from lsdata.nextitem import NegativeSampler, NextItemDataset, build_index, load_sequences, popularity, split_protocol
+from lsdata.nextitem import (
+    NegativeSampler,
+    NextItemDataset,
+    WindowDataset,
+    build_index,
+    build_windows,
+    load_sequences,
+    popularity,
+    split_protocol,
+)
 from lsdata.ranking import count_above, ranking_metrics
 from lsdata.train import Run, loader_generator, pq_rows
 
@@ -61,11 +72,22 @@ class NextItemRun(Run):
         self.negatives = o.negatives or td.get("negatives", 1)
         self.sampler_kind = o.sampler or td.get("sampler", "uniform")
         self.pop_alpha = o.pop_alpha if o.pop_alpha is not None else td.get("pop_alpha", 1.0)
+        self.targets = o.targets or td.get("targets", "last")
         n = self.spec.n_items
         if n < 2:
             raise InputError(f"{cfg.data}: next-item training needs at least two items")
+        self.windows = None
+        train_targets = self.index["train"].target
+        if self.targets == "all":
+            if not self.cls.per_position():
+                raise InputError(f"--targets all: {cfg.model} has no per-position encoder; use --targets last")
+            if o.stride != 1:
+                raise InputError("--stride applies to --targets last; --targets all predicts every position")
+            self.windows = build_windows(self.seqs, self.method, self.cut, self.valid_cut, o.warmup, self.params.max_len)
+            train_targets = np.flatnonzero(self.windows.counted)
+        self.n_train_targets = int(train_targets.size)
         self.uniform = NegativeSampler.uniform(n, self.device)
-        self.sampler = (NegativeSampler(popularity(self.seqs, self.index["train"], n, self.pop_alpha), self.device)
+        self.sampler = (NegativeSampler(popularity(self.seqs, train_targets, n, self.pop_alpha), self.device)
                         if self.sampler_kind == "popularity" else self.uniform)
         self.selection = f"valid ndcg@10 ({o.select_on} ranking)"
 
@@ -75,19 +97,25 @@ class NextItemRun(Run):
             raise InputError("--streaming: next-item samples are read from sequences/ in memory; drop --streaming")
         self.layout = "sequences"
         ds = open_dataset(cfg.data)
-        self.method, cut, vcut, self.warnings = split_protocol(ds)
+        self.method, self.cut, self.valid_cut, self.warnings = split_protocol(ds)
         self.seqs = load_sequences(ds)
-        self.index = build_index(self.seqs, self.method, cut, vcut, cfg.next_item.warmup, cfg.next_item.stride)
+        self.index = build_index(self.seqs, self.method, self.cut, self.valid_cut, cfg.next_item.warmup,
+                                 cfg.next_item.stride)
         n = {k: pq_rows(ds.vocab_path(k)) for k in ("user", "item", "cate")}  # vocabularies as of the version
         return DataSpec(ds.name, "sequences", n["user"], n["item"], n["cate"])
 
     def resolved(self) -> dict:
+        samples = {k: len(v) for k, v in self.index.items()}
+        if self.windows is not None:
+            samples["train"] = len(self.windows)
         return {**super().resolved(), "task": "next_item", "split_method": self.method, "warnings": self.warnings,
-                "samples": {k: len(v) for k, v in self.index.items()}, "loss": self.loss_kind,
-                "negatives": self.negatives, "sampler": self.sampler_kind, "pop_alpha": self.pop_alpha}
+                "samples": samples, "train_targets": self.n_train_targets, "targets": self.targets,
+                "loss": self.loss_kind, "negatives": self.negatives, "sampler": self.sampler_kind,
+                "pop_alpha": self.pop_alpha}
 
     def data(self) -> tuple:
-        train = self.eval_data("train")
+        train = self.eval_data("train") if self.windows is None else WindowDataset(self.seqs, self.windows,
+                                                                                      self.params.max_len)
         sampler = EpochSampler(len(train), self.batch_size, True, self.cfg.seed, self.rank, self.world)
         loader = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=self.cfg.workers,
                                              persistent_workers=self.cfg.workers > 0,
@@ -99,15 +127,17 @@ class NextItemRun(Run):
         return NextItemDataset(self.seqs, self.index[split], self.params.max_len)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss over the batch's targets: one per sample, or (``--targets all``) every counted position."""
         net = self.ddp or self.model
-        pos = batch["target"].long()
+        counted = batch["pos_target"] > 0 if self.windows is not None else None
+        pos = (batch["target"] if counted is None else batch["pos_target"][counted]).long()
         items = logq = None
         if self.loss_kind != "ce":
             items = torch.cat([pos[:, None], self.sampler.sample(pos, self.negatives)], 1)
             if self.sampler_kind == "popularity":
                 logq = torch.log(self.sampler.prob(items).clamp(min=1e-30)).float()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            logits, extra = net(batch, items)
+            logits, extra = net(batch, items, counted)
         loss = next_item_loss(self.loss_kind, logits.float(), pos, logq) + extra.float()
         if self.cfg.l2:
             loss = loss + 0.5 * self.cfg.l2 * sum((p * p).sum() for p in self.l2_params)

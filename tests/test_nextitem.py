@@ -16,14 +16,27 @@ from lsdata import models
 from lsdata.cli import app
 from lsdata.dataset import open_dataset
 from lsdata.defaults import NextItemOptions, TrainConfig
+from lsdata.io import InputError
+from lsdata.loader import EpochSampler, collate
 from lsdata.models.base import DataSpec
-from lsdata.nextitem import NegativeSampler, NextItemDataset, Sequences, build_index, load_sequences, split_protocol
-from lsdata.nextitem_train import next_item_loss
+from lsdata.nextitem import (
+    NegativeSampler,
+    NextItemDataset,
+    Sequences,
+    WindowDataset,
+    build_index,
+    build_windows,
+    load_sequences,
+    split_protocol,
+)
+from lsdata.nextitem_train import NextItemRun, next_item_loss
 from lsdata.ranking import count_above, ranking_metrics
 from lsdata.train import train
 from tests.conftest import TAOBAO_SLICE, need
 
-NEXT = ["sasrec", "gru4rec_next", "stamp", "caser_next", "sdm"]
+NEXT = ["sasrec", "gru4rec_next", "stamp", "caser_next", "sdm", "dman"]
+PER_POSITION = ["sasrec", "gru4rec_next", "dman"]  # models with encode_seq (--targets all)
+SMALL = {"dman": {"max_len": 40, "seg_len": 10, "slots": 4, "emb_dim": 16}}  # 4 segments: the memory is updated
 
 
 # -- samples: no history holds its target or anything at/after it ------------------------------------------------
@@ -71,6 +84,51 @@ def test_no_history_contains_its_target_or_anything_at_or_after_it(users, method
     for r in np.unique(tr.row):
         t = tr.target[tr.row == r]
         assert (np.diff(t) % stride == 0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(users=st.lists(user_ts, min_size=1, max_size=8), method=st.sampled_from(["cut", "loo"]),
+       cut=st.integers(0, 12), back=st.integers(0, 6), warmup=st.integers(1, 3), width=st.integers(1, 6))
+def test_all_position_windows_never_count_a_target_whose_inputs_reach_its_time(users, method, cut, back, warmup, width):
+    seq = _sequences(users)
+    w = build_windows(seq, method, cut, cut - back, warmup, width)
+    train = build_index(seq, method, cut, cut - back, warmup, 1)["train"]
+    assert set(np.flatnonzero(w.counted)) <= set(train.target)
+    if not len(w):
+        return
+    b = WindowDataset(seq, w, width).__getitems__(np.arange(len(w)))
+    item, tgt = b["hist_item"].numpy(), b["pos_target"].numpy()
+    seen = []
+    for i, (r, end) in enumerate(zip(w.row, w.end)):
+        start = seq.offsets[r]
+        assert start < end < seq.offsets[r + 1] and (tgt[i] > 0).any()  # no window without a counted target
+        for j in np.flatnonzero(tgt[i]):
+            t = end - width + j + 1  # the flat position input j predicts
+            inputs = np.arange(max(start, end - width), t)  # what a causal model's output at j has seen
+            assert (seq.ts[inputs] < seq.ts[t]).all() and tgt[i, j] == seq.item[t] and w.counted[t]
+            assert (item[i, : j + 1][item[i, : j + 1] > 0] == seq.item[inputs]).all()
+            seen.append(t)
+    assert sorted(seen) == sorted(np.flatnonzero(w.counted))  # each counted target in exactly one window
+    ties = seq.ts[train.target] == seq.ts[train.target - 1]
+    assert sorted(seen) == sorted(train.target[~ties])  # every training target but the tied ones
+
+
+@settings(max_examples=40, deadline=None)
+@given(gaps=st.lists(st.lists(st.integers(1, 3), min_size=1, max_size=20), min_size=1, max_size=6),
+       method=st.sampled_from(["cut", "loo"]), cut=st.integers(0, 40), width=st.integers(1, 7))
+def test_without_ties_every_training_target_is_counted_exactly_once_per_epoch(gaps, method, cut, width):
+    seq = _sequences([np.cumsum(g).tolist() for g in gaps])  # strictly increasing times
+    w = build_windows(seq, method, cut, cut - 5, 1, width)
+    train = build_index(seq, method, cut, cut - 5, 1, 1)["train"]
+    assert np.array_equal(np.flatnonzero(w.counted), np.sort(train.target))
+    got = []  # one epoch the way the trainer reads it
+    if len(w):
+        loader = torch.utils.data.DataLoader(WindowDataset(seq, w, width), batch_sampler=EpochSampler(len(w), 3, True, 0),
+                                             collate_fn=collate)
+        got = [int(v) for batch in loader for v in batch["pos_target"][batch["pos_target"] > 0]]
+    assert sorted(got) == sorted(seq.item[train.target].tolist())
+    per_user = np.bincount(seq.row_of[train.target], minlength=len(gaps))
+    assert len(w) == sum(-(-int(n) // width) for n in per_user)  # non-overlapping chunks: ceil(targets / L) per user
 
 
 def test_every_eligible_position_is_a_sample_exactly_once():
@@ -176,7 +234,8 @@ def _batch(root, name, n=16):
     m = ds.manifest
     spec = DataSpec(m.dataset, "sequences", m.users, m.items, m.cates)
     torch.manual_seed(0)
-    model = cls(spec, cls.make_params(spec.dataset, {"dropout": 0.0} if "dropout" in cls.Params.model_fields else {}))
+    nodrop = {"dropout": 0.0} if "dropout" in cls.Params.model_fields else {}
+    model = cls(spec, cls.make_params(spec.dataset, {**nodrop, **SMALL.get(name, {})}))
     rows = np.linspace(0, len(idx) - 1, n).astype(int)  # spread over users, long histories included
     return model, NextItemDataset(seq, idx, model.p.max_len).__getitems__(rows), spec
 
@@ -193,6 +252,16 @@ def test_model_shapes_and_gradients_reach_every_parameter(name, taobao_split):
     (next_item_loss("ce", logits, batch["target"]) + next_item_loss("bpr", sub, None) + extra).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead, f"parameters without gradient: {dead}"
+
+
+def test_sasrec_tables_start_glorot_uniform_with_a_zero_padding_row_as_the_official_code():
+    spec = DataSpec("amazon", "sequences", 10, 3000, 5)
+    cls = models.get("sasrec")
+    model = cls(spec, cls.make_params("amazon", {}))
+    for table in (model.item.weight, model.pos.weight):
+        bound = math.sqrt(6 / sum(table.shape))
+        assert float(table.abs().max()) <= bound and float(table.abs().max()) > 0.9 * bound
+    assert not model.item.weight[0].any()
 
 
 @pytest.mark.parametrize("name", NEXT)
@@ -213,11 +282,83 @@ def test_model_overfits_one_batch(name, taobao_split):
     assert (top == batch["target"]).float().mean() >= 0.75
 
 
+@pytest.mark.parametrize("name", PER_POSITION)
+def test_encode_seq_is_causal_and_encode_is_its_last_position(name, taobao_split):
+    model, batch, spec = _batch(taobao_split, name)
+    model.eval()
+    with torch.no_grad():
+        u, _ = model.encode_seq(batch)
+        last, _ = model.encode(batch)
+        torch.testing.assert_close(last, u[:, -1], rtol=0, atol=0)
+        L = u.shape[1]
+        j = 3 * L // 8  # a position whose inputs are real for most rows (DMAN: segment 1 of 4, in memory from segment 3 on)
+        rows = batch["hist_item"][:, j] > 0
+        assert rows.sum() >= 4
+        changed = dict(batch, hist_item=batch["hist_item"].clone())
+        changed["hist_item"][:, j] = torch.where(rows, changed["hist_item"][:, j] % spec.n_items + 1, 0)
+        v, _ = model.encode_seq(changed)
+    torch.testing.assert_close(v[:, :j], u[:, :j], rtol=0, atol=1e-6)  # nothing earlier moves...
+    assert ((v[rows, j] - u[rows, j]).abs().amax(-1) > 1e-4).all()  # ...the changed position does
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "bce", "bpr"])
+def test_all_position_loss_is_the_mean_over_counted_positions(loss, taobao_split, tmp_path):
+    cfg = TrainConfig(model="gru4rec_next", data=str(taobao_split), out=str(tmp_path / "r"), device="cpu", threads=1,
+                      params={"emb_dim": 16, "max_len": 20, "dropout": 0.0},
+                      next_item=NextItemOptions(targets="all", loss=loss, negatives=5, sampler="uniform"))
+    r = NextItemRun(cfg)
+    train_data = r.data()[0]
+    batch = train_data.__getitems__(np.arange(min(8, len(train_data))))
+    counted = batch["pos_target"] > 0
+    assert counted.sum() > counted.shape[0]  # several targets per window
+    torch.manual_seed(5)
+    got, _ = r.loss(batch)
+    torch.manual_seed(5)  # the same negatives, drawn for the flattened counted positions
+    pos = batch["pos_target"][counted].long()
+    u = r.model.encode_seq(batch)[0][counted]
+    w, bias = r.model.output()
+    if loss == "ce":
+        want = torch.nn.functional.cross_entropy((u @ w.T + bias).index_fill(1, torch.tensor([0]), -math.inf), pos)
+    else:
+        items = torch.cat([pos[:, None], r.sampler.sample(pos, 5)], 1)
+        want = next_item_loss(loss, (u[:, None] * w[items]).sum(-1) + bias[items], pos)
+    torch.testing.assert_close(got, want)
+
+
+def test_targets_all_needs_a_per_position_model_and_stride_1(taobao_split, tmp_path):
+    base = TrainConfig(model="stamp", data=str(taobao_split), out=str(tmp_path / "x"), device="cpu", threads=1,
+                       next_item=NextItemOptions(targets="all"))
+    with pytest.raises(InputError, match="per-position"):
+        NextItemRun(base)
+    with pytest.raises(InputError, match="stride"):
+        NextItemRun(base.model_copy(update={"model": "sasrec", "next_item": NextItemOptions(targets="all", stride=2)}))
+    assert NextItemRun(base.model_copy(update={"model": "sasrec", "next_item": NextItemOptions()})).targets == "all"
+    assert NextItemRun(base.model_copy(update={"model": "gru4rec_next", "next_item": NextItemOptions()})).targets == "last"
+
+
+def test_lsdata_train_sasrec_with_all_position_targets_end_to_end(taobao_split, tmp_path):
+    out = tmp_path / "all"
+    r = CliRunner().invoke(app, ["train", "sasrec", str(taobao_split), "--out", str(out), "--targets", "all",
+                                 "--epochs", "3", "--batch-size", "8", "--device", "cpu", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["targets"] == "all" and conf["loss"] == "bce" and conf["negatives"] == 1
+    last = build_index(load_sequences(open_dataset(taobao_split)), "cut", *split_protocol(open_dataset(taobao_split))[1:3], 1, 1)
+    assert conf["samples"]["train"] < conf["train_targets"] <= len(last["train"])  # windows hold several targets
+    assert conf["samples"]["test"] == m["test"]["n"] == len(last["test"])  # evaluation unchanged: one target each
+    assert m["steps"] == 3 * math.ceil(conf["samples"]["train"] / 8)
+    losses = [float(x.split(",")[4]) for x in (out / "log.csv").read_text().splitlines() if x.startswith("train,")]
+    assert losses[-1] < losses[0]  # the per-position BCE is learned
+    assert 0.0 <= m["test"]["full"]["ndcg@10"] <= 1.0
+
+
 # -- end to end: `lsdata train sasrec DATA` -------------------------------------------------------------------------
 def test_lsdata_train_sasrec_end_to_end_selects_on_valid_and_tests_once(taobao_split, tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(app, ["train", "sasrec", str(taobao_split), "--out", str(out), "--max-steps", "6",
-                                 "--eval-every", "2", "--batch-size", "64", "--device", "cpu", "--threads", "1"])
+                                 "--eval-every", "2", "--batch-size", "64", "--device", "cpu", "--threads", "1",
+                                 "--targets", "last"])
     assert r.exit_code == 0, r.output
     assert "test ndcg@10" in r.output
     for f in ("config.json", "log.csv", "metrics.json", "curve.png", "best.pt", "last.pt"):

@@ -16,7 +16,9 @@ MODEL_NAMES = (
     "dnn", "svdpp", "gru4rec", "lstm", "arnn", "din", "dien", "caser",  # baselines.py
     "hpmn", "mimn",  # memory.py
     "rum", "rum_item", "shan", "sam",  # rum.py, shan.py, sam.py
+    "shan_next",  # shan.py (next-item framing)
     "sasrec", "gru4rec_next", "stamp", "caser_next", "sdm",  # nextitem.py (next-item framing, issue #5)
+    "dman",  # dman.py (next-item)
 )
 
 
@@ -31,7 +33,7 @@ def register(cls: type) -> type:
     return cls
 
 
-MODULES = ("baselines", "memory", "rum", "shan", "sam", "nextitem")  #: modules whose import registers the models
+MODULES = ("baselines", "memory", "rum", "shan", "sam", "nextitem", "dman")  #: modules whose import registers the models
 
 
 def _load_all() -> None:

@@ -1,15 +1,17 @@
-"""SHAN - Sequential Hierarchical Attention Network (Ying et al., IJCAI 2018; models.md §6, protocol.md §3.2)."""
+"""SHAN - Sequential Hierarchical Attention Network (Ying et al., IJCAI 2018; models.md §6, protocol.md §3.2):
+``shan`` in the CTR framing (the ``shan`` layout) and ``shan_next`` in the next-item framing (``sequences/``)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from lsdata.models import register
 from lsdata.models.base import CTRModel, DataSpec, ModelParams, zero
 from lsdata.models.blocks import BehaviorEmbedding, DINAttention, Head, front_mask, history, masked_softmax
+from lsdata.models.nextitem import NextItemModel, NextItemParams
 
 
 class SHANParams(ModelParams):
@@ -144,3 +146,80 @@ class SHAN(CTRModel):
         for layer in self.head.net:  # reference Q-H9: dropout also at evaluation
             x = F.dropout(x, layer.p, training=True) if isinstance(layer, nn.Dropout) else layer(x)
         return x.squeeze(-1)
+
+
+class SHANNextParams(NextItemParams):
+    emb_dim: int = Field(100, ge=1, description="d, user and item embeddings (paper 100; RecBole 64)")
+    short_len: int = Field(2, ge=1, description="most recent events forming the short-term set S_u (no session ids in "
+                                                "lsdata data; RecBole's short_item_length 2)")
+    reg_att: float = Field(0.0, ge=0.0, description="lambda_a: weight of ||W_1||^2 + ||W_2||^2 (attention weights)")
+    reg_uv: float = Field(0.0, ge=0.0, description="lambda_uv: weight of ||e_u||^2 + ||v||^2 of each training triple's "
+                                                   "user and scored items, averaged over the batch")
+
+    @model_validator(mode="after")
+    def _short_inside_window(self) -> SHANNextParams:
+        if self.short_len >= self.max_len:
+            raise ValueError(f"short_len={self.short_len} must be < max_len={self.max_len}")
+        return self
+
+
+@register
+class SHANNext(NextItemModel):
+    """SHAN (Ying et al., IJCAI 2018; models.md §6) in the next-item framing, the paper's model and BPR loss::
+
+        e_u      = UserEmb(u),  v_j = ItemEmb(s_j)                   (one table scores and embeds items)
+        u_long   = sum_j softmax_j(e_u . ReLU(W_1 v_j + b_1)) v_j        over the long-term set L_u
+        u_hybrid = sum_k softmax_k(e_u . ReLU(W_2 x_k + b_2)) x_k        over X = {u_long} U S_u (u_long never masked)
+        score(i) = u_hybrid . ItemEmb(i)
+
+    Both attention levels are :class:`SHANAttention`, the block the CTR ``shan`` uses. S_u = the most recent
+    ``short_len`` events of the window, L_u = the older ones (disjoint, as the paper; RecBole's variant lets
+    L_u include S_u); with no older event u_long is the zero vector. The paper's sessions (one day) do not exist
+    in lsdata's data, so the short-term set is a count, as in SDM here and RecBole's SHAN.
+
+    Loss: BPR with one uniform negative per target (paper), plus the paper's regularisation
+    ``reg_att (||W_1||^2 + ||W_2||^2) + reg_uv (||e_u||^2 + ||v_pos||^2 + ||v_neg||^2)`` (batch mean; the
+    item terms are added in :meth:`forward` for the scored items). No official code exists; init as the
+    reference implementation (RecBole): embeddings N(0, 0.01), attention weights U(±sqrt(3/d)). Defaults:
+    d 100 (paper), Adam lr 1e-3, batch 256, the regularisation weights 0 (the paper tunes them; its values are
+    unverified, see models.md §6).
+    """
+
+    name = "shan_next"
+    Params = SHANNextParams
+    train_defaults = {"lr": 1e-3, "batch_size": 256, "loss": "bpr", "negatives": 1}
+
+    def __init__(self, spec: DataSpec, params: SHANNextParams):
+        super().__init__(spec, params)
+        d = params.emb_dim
+        self.item = nn.Embedding(spec.n_items + 1, d, padding_idx=0)
+        self.user = nn.Embedding(spec.n_users + 1, d)
+        self.long_att, self.short_att = SHANAttention(d), SHANAttention(d)
+        bound = (3.0 / d) ** 0.5
+        for t in (self.item, self.user):
+            nn.init.normal_(t.weight, 0.0, 0.01)
+        for att in (self.long_att, self.short_att):
+            nn.init.uniform_(att.proj.weight, -bound, bound)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def encode(self, batch):
+        s, n = batch["hist_item"].long(), batch["hist_len"].long()
+        k = self.p.short_len
+        v = self.item(s)
+        eu = self.user(batch["user"].long())
+        n_s = n.clamp(max=k)
+        u_long = self.long_att(eu, v[:, :-k], front_mask(n - n_s, s.shape[1] - k))
+        x = torch.cat([u_long.unsqueeze(1), v[:, -k:]], 1)
+        mask = torch.cat([torch.ones_like(n_s, dtype=torch.bool).unsqueeze(1), front_mask(n_s, k)], 1)
+        reg = self.p.reg_att * sum(a.proj.weight.pow(2).sum() for a in (self.long_att, self.short_att))
+        return self.short_att(eu, x, mask), reg + self.p.reg_uv * eu.pow(2).sum(1).mean()
+
+    def forward(self, batch, items=None, positions=None):
+        logits, extra = super().forward(batch, items, positions)
+        if items is not None and self.p.reg_uv:
+            extra = extra + self.p.reg_uv * self.item(items.long()).pow(2).sum((1, 2)).mean()
+        return logits, extra
+
+    def output(self):
+        return self.item.weight, None
