@@ -108,6 +108,28 @@ def test_hpmn_batched_memory_and_scores_equal_the_event_by_event_fold(periods, a
             assert bool(slots[row, j].abs().sum() == 0) == (length < t_j)
 
 
+def test_hpmn_slot_gradient_reaches_exactly_the_events_the_slot_has_consumed():
+    """Slot j after n events depends on events 1 .. t_j * floor(n / t_j) of its own row, through every lower layer:
+    the gradient must reach all of them (nothing detached between layers: the slow layers are the only path from a
+    label to an event 25-75 steps back, benchmarks/RESULTS.md issue #4) and nothing else (later events, padding,
+    other rows). The fold test pins the values; this pins the gradient path."""
+    model = _build(HPMN, periods=(1, 2, 4, 12))
+    width = 30
+    lengths = [30, 25, 13, 11, 3, 0]
+    batch = _batch(lengths, width, seed=15)
+    x, _, n, _ = history(model.emb, batch, False)
+    x = x.detach().requires_grad_(True)
+    slots = model.memory(x, n)
+    for row, length in enumerate(lengths):
+        for j, t_j in enumerate(model.p.periods):
+            (g,) = torch.autograd.grad(slots[row, j].sum(), x, retain_graph=True)
+            reached = g.abs().sum(-1) > 0  # [B, T]
+            consumed = t_j * (length // t_j)  # events 1..consumed, at positions width - length .. + consumed - 1
+            expected = torch.zeros_like(reached)
+            expected[row, width - length: width - length + consumed] = True
+            assert torch.equal(reached, expected), (row, j, t_j)
+
+
 def test_covariance_penalty_is_zero_for_uncorrelated_slots_and_the_off_diagonal_norm_otherwise():
     a = torch.tensor([1.0, -1.0, 0.0, 0.0])
     b = torch.tensor([0.0, 0.0, 1.0, -1.0])
