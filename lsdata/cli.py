@@ -63,7 +63,7 @@ class Engine(str, Enum):
 
 ENGINE_HELP = ("single: this process, one partition at a time (default). spark: Apache Spark through PySpark "
                "(pip install 'lsdata[spark]'; Java 17+), the same per-partition code and the same output files; "
-               "Taobao and Amazon ingest, split and layouts (lsdata/spark/__init__.py).")
+               "Taobao, Amazon and XLong ingest; Taobao/Amazon split and layouts (lsdata/spark/__init__.py).")
 SPARK_MASTER_HELP = ("--engine spark: Spark master URL: local[N] (N cores of this machine), spark://HOST:PORT, yarn, ... "
                      "Default local[2], or spark-submit's --master when run through lsdata/spark/submit.py. Inputs and "
                      "the output directory must be on a file system every executor sees.")

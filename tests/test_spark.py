@@ -1,7 +1,8 @@
 """The Spark engine (lsdata/spark) against the single-machine engine: same inputs and seed -> the same files.
 
 What is compared, for every file the single-machine run writes (events/, sequences/, item_events/, vocab/,
-quarantine.parquet, manifest.json, split/, layouts/*/): the Spark run has the same file; Parquet files have the
+quarantine.parquet, manifest.json, split/, layouts/*/; for XLong xlong/, item_init.npy,
+quarantine.parquet, manifest.json, layouts/plain/): the Spark run has the same file; Parquet files have the
 same schema and the same rows in the same order (dense ids, samples, split sets, layout arrays); and the bytes are
 identical (so the manifests, which hash every output file, are equal too).
 
@@ -116,10 +117,19 @@ def bad_amazon(root: Path) -> Path:
     return root / "bad.json"
 
 
+def bad_xlong(root: Path) -> Path:
+    lines = [f"{i}\t{i}\t1,2,3\t7\t8\t4,5\t6" for i in range(400)]
+    lines[250] = "250\t250\t1,zz,3\t7\t8\t4,5\t6"
+    lines[300] = "oops"
+    (root / "train_corpus_total_dual.txt").write_text("\n".join(lines) + "\n")
+    return root / "train_corpus_total_dual.txt"
+
+
 @pytest.mark.spark
 @pytest.mark.parametrize(
     ("dataset", "write", "where"),
-    [("taobao", bad_taobao, "bad.csv:251:ts"), ("amazon", bad_amazon, "bad.json:251:unixReviewTime")],
+    [("taobao", bad_taobao, "bad.csv:251:ts"), ("amazon", bad_amazon, "bad.json:251:unixReviewTime"),
+     ("xlong", bad_xlong, "train_corpus_total_dual.txt:251:history")],
 )
 def test_spark_strict_mode_names_the_same_first_bad_row(spark, tmp_path, dataset, write, where):
     from lsdata.spark import ingest as spark_ingest
@@ -198,15 +208,89 @@ def test_spark_equals_single_machine_on_generated_amazon_data(spark, tmp_path):
     assert m.sources[4].dropped == {"header line": 1}
 
 
-@pytest.mark.spark
-def test_spark_refuses_xlong_with_a_one_line_error(spark, tmp_path):
+def run_xlong(spark, src: list[str], root: Path, opts: IngestOptions) -> tuple[Path, Path]:
+    """XLong ingest (which writes layouts/plain too) by both engines into ROOT/single and ROOT/spark."""
     from lsdata.spark import ingest as spark_ingest
 
-    p = tmp_path / "train.txt"
-    p.write_text("1\t2\n")
-    with pytest.raises(InputError, match=r"^--engine spark: xlong is not supported yet \(supported: taobao, amazon\)"):
-        spark_ingest.ingest(spark, "xlong", [str(p)], tmp_path / "out", IngestOptions())
-    assert not (tmp_path / "out").exists()
+    single, dist = root / "single", root / "spark"
+    ingest("xlong", src, single, opts)
+    spark_ingest.ingest(spark, "xlong", src, dist, opts)
+    return single, dist
+
+
+XLONG_OUT = ["item_init.npy", "layouts/plain/report.json", "layouts/plain/test.parquet", "layouts/plain/train.parquet", "layouts/plain/valid.parquet",
+             "manifest.json", "quarantine.parquet", "xlong/test.parquet", "xlong/train.parquet", "xlong/valid.parquet"]
+
+
+def xlong_generated(root: Path, n_users: int, hist_len: int, side_len: int) -> tuple[list[str], int]:
+    """XLong files from ``lsdata.synth.xlong`` with malformed lines: the train corpus split into a plain file and a
+    gzipped one, the test corpus without its final newline, graph_emb with a blank line and a bad row.
+    Returns the paths and the number of malformed corpus lines."""
+    from lsdata.synth import xlong
+
+    train, test, emb = xlong.generate(root / "gen", n_users=n_users, hist_len=hist_len, side_len=side_len, n_items=900, seed=5)
+    lines = train.read_text().splitlines()
+    bad = ["", "1\t2", "x\t3\t1,2\t4\t5\t6\t7", "7\t8\t1,zz\t4\t5\t6\t7", "9\t-1\t1\t2\t3\t4\t5"]
+    for k, b in enumerate(bad):
+        lines.insert((k + 1) * len(lines) // 7, b)
+    lines[10] = lines[10].replace(",", " , ", 2)  # spaces around commas are fine
+    half = len(lines) // 2
+    plain = root / "train1_corpus_total_dual.txt"
+    plain.write_text("\n".join(lines[:half]) + "\n")
+    gz = root / "train2_corpus_total_dual.txt.gz"
+    gz.write_bytes(gzip.compress(("\n".join(lines[half:]) + "\n").encode()))
+    tl = test.read_text().splitlines()
+    tl.insert(len(tl) // 2, "oops")
+    te = root / "test_corpus_total_dual.txt"
+    te.write_text("\n".join(tl))  # a last line without newline: its own chunk single-machine
+    el = emb.read_text().splitlines()
+    el.insert(3, "")
+    el[10] = "nan 1"
+    ge = root / "graph_emb.txt"
+    ge.write_text("\n".join(el) + "\n")
+    return [str(plain), str(ge), str(te), str(gz)], len(bad) + 1
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize(
+    ("n_users", "hist_len", "side_len", "chunk"),
+    [(9000, 3, 2, 16 << 10), (60, 1000, 184, 2 << 10)],
+    ids=["many-lines", "lines-longer-than-a-span"],
+)
+def test_spark_xlong_equals_single_machine_on_generated_data(spark, tmp_path, n_users, hist_len, side_len, chunk):
+    # many-lines: > 2 * 4096 train lines over two train files (one plain in ~16 spans, one .gz in one task), so the
+    # valid carve's batches straddle spans and files; the test corpus is cut into spans whose lines fall into the
+    # single-machine chunks (its row groups). lines-longer-than-a-span: 2 KiB spans, ~6 KiB lines.
+    src, n_bad = xlong_generated(tmp_path, n_users, hist_len, side_len)
+    opts = IngestOptions(chunk_bytes=chunk, xlong_valid_fraction=0.2, seed=11)
+    assert Path(src[0]).stat().st_size > 8 * chunk and Path(src[2]).stat().st_size > 4 * chunk
+    single, dist = run_xlong(spark, src, tmp_path, opts)
+    assert assert_same_files(single, dist) == len(XLONG_OUT)
+    assert sorted(str(f.relative_to(dist)) for f in dist.rglob("*") if f.is_file()) == XLONG_OUT
+    m = open_dataset(dist).manifest
+    assert m.quarantined == n_bad + 1  # the corpora's malformed lines + graph_emb's bad row
+    assert [s.kind for s in m.sources] == ["xlong_train", "graph_emb", "xlong_test", "xlong_train"]
+    assert sum(s.rows_rejected for s in m.sources) == m.quarantined
+    assert m.sources[0].notes["valid_lines"] > 0 and m.sources[1].rows_dropped == 1
+    if n_users > 2 * 4096:
+        assert pq.ParquetFile(dist / "xlong" / "train.parquet").metadata.num_row_groups > 1
+        assert pq.ParquetFile(dist / "xlong" / "test.parquet").metadata.num_row_groups > 4
+
+
+@pytest.mark.spark
+def test_spark_xlong_equals_single_machine_on_gzipped_input(spark, tmp_path):
+    # every file compressed: one task per file, chunked exactly as single-machine
+    from lsdata.synth import xlong
+
+    src = []
+    for p in xlong.generate(tmp_path / "gen", n_users=300, hist_len=40, side_len=8, n_items=600, seed=2):
+        gz = tmp_path / (p.name + ".gz")
+        gz.write_bytes(gzip.compress(p.read_bytes()))
+        src.append(str(gz))
+    opts = IngestOptions(chunk_bytes=8 << 10, xlong_valid_fraction=0.3)
+    single, dist = run_xlong(spark, src, tmp_path, opts)
+    assert assert_same_files(single, dist) == len(XLONG_OUT)
+    assert pq.ParquetFile(dist / "xlong" / "test.parquet").metadata.num_row_groups > 1
 
 
 @settings(max_examples=60, deadline=None)

@@ -58,6 +58,10 @@ Python. Spaces around fields and commas are accepted. Malformed lines are quaran
 the first failing field (``line``, ``index``, ``uid``, ``history``, ``pos_item``, ``neg_item``,
 ``pos_side``, ``neg_side``; ``row``/``value`` for graph_emb), or raise :class:`InputError` naming
 ``file:line:field`` with ``strict``.
+
+The Spark engine (:mod:`lsdata.spark.xlong`) writes the same files with the pieces of :func:`ingest`:
+:func:`read_chunk` per chunk of a byte span, :class:`CorpusStats` merged over spans, :func:`valid_users`,
+:func:`carve` and :func:`sample_table` per write batch, :func:`write_samples`, :func:`finish`, :func:`build_layouts`.
 """
 
 from __future__ import annotations
@@ -342,7 +346,12 @@ class _Lengths:
         self.counts = np.zeros(1, np.int64)
 
     def add(self, lengths: np.ndarray) -> None:
-        b = np.bincount(lengths.astype(np.int64))
+        self.add_counts(np.bincount(lengths.astype(np.int64)))
+
+    def merge(self, other: _Lengths) -> None:
+        self.add_counts(other.counts)
+
+    def add_counts(self, b: np.ndarray) -> None:
         if b.size > self.counts.size:
             self.counts = np.pad(self.counts, (0, b.size - self.counts.size))
         self.counts[: b.size] += b
@@ -361,36 +370,80 @@ class _Lengths:
         }
 
 
-def _read_corpus(task: FileTask, opts: IngestOptions, quarantine: Quarantine, counts: FileCounts, sink, progress) -> dict:
+class CorpusStats:
+    """What a corpus's kept lines give the manifest; per file, or per byte span and then :meth:`merge`-d (Spark)."""
+
+    def __init__(self):
+        self.hist, self.side = _Lengths(), _Lengths()
+        self.users: list[np.ndarray] = []  # distinct users per chunk (for the valid carve)
+        self.max_user = self.max_item = self.max_side = self.entries = 0
+
+    def add(self, good: pl.DataFrame) -> None:
+        hl = good["history"].list.len().to_numpy()
+        self.hist.add(hl)
+        self.side.add(np.concatenate([good["pos_side"].list.len().to_numpy(), good["neg_side"].list.len().to_numpy()]))
+        self.entries += int(hl.sum())
+        self.users.append(good["user"].unique().to_numpy())
+        m = good.select(
+            pl.col("user").max(),
+            pl.max_horizontal(pl.col("history").list.max().max(), pl.col("pos_item").max(), pl.col("neg_item").max()),
+            pl.max_horizontal(pl.col("pos_side").list.max().max(), pl.col("neg_side").list.max().max()),
+        ).row(0)
+        self.max_user = max(self.max_user, m[0] or 0)
+        self.max_item = max(self.max_item, m[1] or 0)
+        self.max_side = max(self.max_side, m[2] or 0)
+
+    def merge(self, other: CorpusStats) -> None:
+        self.hist.merge(other.hist)
+        self.side.merge(other.side)
+        self.users += other.users
+        self.max_user = max(self.max_user, other.max_user)
+        self.max_item = max(self.max_item, other.max_item)
+        self.max_side = max(self.max_side, other.max_side)
+        self.entries += other.entries
+
+    def to_json(self) -> dict:
+        """Everything but ``users`` (a distributed engine gets the distinct train users by an aggregation)."""
+        return {"hist": self.hist.counts.tolist(), "side": self.side.counts.tolist(), "max_user": self.max_user,
+                "max_item": self.max_item, "max_side": self.max_side, "entries": self.entries}
+
+    @classmethod
+    def from_json(cls, d: dict) -> CorpusStats:
+        st = cls()
+        st.hist.counts, st.side.counts = np.array(d["hist"], np.int64), np.array(d["side"], np.int64)
+        st.max_user, st.max_item, st.max_side, st.entries = d["max_user"], d["max_item"], d["max_side"], d["entries"]
+        return st
+
+    def note(self, counts: FileCounts) -> None:
+        """The file's notes (called once per file, after all its lines)."""
+        counts.note("history_entries", self.entries)
+        counts.note("side_id_max", self.max_side)
+        counts.notes.update(self.hist.notes("history", REF_HIST_LEN))
+        counts.notes.update(self.side.notes("side", REF_SIDE_LEN))
+
+
+def read_chunk(path: str, first: int, n_lines: int, chunk: bytes, quarantine, counts: FileCounts, stats: CorpusStats) -> pl.DataFrame:
+    """One chunk of a corpus (from :func:`lsdata.io.iter_line_chunks`): parsed, its rejects quarantined, its
+    lines counted and added to ``stats``; returns the kept lines. Both engines parse every chunk with this."""
+    counts.read += n_lines
+    good, bad = parse_corpus(chunk, first)
+    counts.rejected += quarantine.add(path, bad)
+    if good.height:
+        counts.kept += good.height
+        stats.add(good)
+    return good
+
+
+def _read_corpus(task: FileTask, opts: IngestOptions, quarantine: Quarantine, counts: FileCounts, sink, progress) -> CorpusStats:
     """Stream one corpus file; kept lines go to ``sink(lines_df)``. Returns stats for the manifest."""
-    hist, side = _Lengths(), _Lengths()
-    st = {"users": [], "max_user": 0, "max_item": 0, "max_side": 0, "entries": 0}
+    st = CorpusStats()
     for first, n_lines, chunk in iter_line_chunks(task.path, opts.chunk_bytes):
-        counts.read += n_lines
-        good, bad = parse_corpus(chunk, first)
-        counts.rejected += quarantine.add(task.path, bad)
+        good = read_chunk(task.path, first, n_lines, chunk, quarantine, counts, st)
         if good.height:
-            counts.kept += good.height
-            hl = good["history"].list.len().to_numpy()
-            hist.add(hl)
-            side.add(np.concatenate([good["pos_side"].list.len().to_numpy(), good["neg_side"].list.len().to_numpy()]))
-            st["entries"] += int(hl.sum())
-            st["users"].append(good["user"].unique().to_numpy())
-            m = good.select(
-                pl.col("user").max(),
-                pl.max_horizontal(pl.col("history").list.max().max(), pl.col("pos_item").max(), pl.col("neg_item").max()),
-                pl.max_horizontal(pl.col("pos_side").list.max().max(), pl.col("neg_side").list.max().max()),
-            ).row(0)
-            st["max_user"] = max(st["max_user"], m[0] or 0)
-            st["max_item"] = max(st["max_item"], m[1] or 0)
-            st["max_side"] = max(st["max_side"], m[2] or 0)
             sink(good)
         if progress:
             progress(len(chunk))
-    counts.note("history_entries", st["entries"])
-    counts.note("side_id_max", st["max_side"])
-    counts.notes.update(hist.notes("history", REF_HIST_LEN))
-    counts.notes.update(side.notes("side", REF_SIDE_LEN))
+    st.note(counts)
     return st
 
 
@@ -423,105 +476,141 @@ def valid_users(users: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(users)[:k])
 
 
+def carve(lines: pl.DataFrame, valid: np.ndarray) -> list[tuple[str, pl.DataFrame]]:
+    """One batch of train lines -> its ``train`` and ``valid`` lines (``valid``: :func:`valid_users`)."""
+    is_valid = pl.Series(np.isin(lines["user"].to_numpy(), valid))
+    return [("train", lines.filter(~is_valid)), ("valid", lines.filter(is_valid))]
+
+
+def sample_table(lines: pl.DataFrame) -> pa.Table:
+    """Kept lines -> their samples as written to ``xlong/{split}.parquet`` (one ``write_samples`` call)."""
+    return _table(samples_of(lines))
+
+
+def sample_writers(tmp: Path) -> dict[str, pq.ParquetWriter]:
+    (tmp / "xlong").mkdir()
+    return {s: pq.ParquetWriter(tmp / "xlong" / f"{s}.parquet", BASE_SCHEMA, **parquet_options(BASE_SCHEMA)) for s in SPLITS}
+
+
+def write_samples(writer: pq.ParquetWriter, table: pa.Table) -> None:
+    """Appends one batch of samples (row groups of ``SAMPLE_ROW_GROUP``: the files' layout follows the batches)."""
+    writer.write_table(table, row_group_size=SAMPLE_ROW_GROUP)
+
+
+def check_lines(corpora: list[FileTask], counts: dict[int, FileCounts], paths: list[str], quarantine: Quarantine) -> None:
+    if not any(counts[t.index].kept for t in corpora):
+        raise InputError(f"no valid XLong lines in {', '.join(paths)} ({quarantine.count} rows quarantined); nothing to write")
+
+
 def ingest(paths: list[str], out: Path, options: IngestOptions, progress: Callable[[int], None] | None = None) -> Manifest:
     """Convert XLong files into ``out/`` (see the module docstring) and build ``layouts/plain``; returns the manifest."""
-    from lsdata.ingest import DOWNSTREAM, is_synthetic, output_hashes  # the driver imports this module
-    from lsdata.ingest import OUTPUTS as EVENT_OUTPUTS
-
     tasks = plan(paths, options)
     out = Path(out)
     quarantine = Quarantine(options.strict)
     counts = {t.index: FileCounts() for t in tasks}
     corpora = [t for t in tasks if t.kind != EMB]
-    train_tasks = [t for t in tasks if t.kind == TRAIN]
     emb_task = next((t for t in tasks if t.kind == EMB), None)
     with staging_dir(out, "ingest") as tmp:
-        (tmp / "xlong").mkdir()
         (tmp / "work").mkdir()
-        writers = {s: pq.ParquetWriter(tmp / "xlong" / f"{s}.parquet", BASE_SCHEMA, **parquet_options(BASE_SCHEMA)) for s in SPLITS}
+        writers = sample_writers(tmp)
 
         def write(split: str, lines: pl.DataFrame) -> None:
             if lines.height:
-                writers[split].write_table(_table(samples_of(lines)), row_group_size=SAMPLE_ROW_GROUP)
+                write_samples(writers[split], sample_table(lines))
 
         # pass 1: parse every file; test lines become samples at once, train lines wait for the valid draw
         lines_path = tmp / "work" / "train_lines.parquet"
         line_writer = pq.ParquetWriter(lines_path, pl.DataFrame(schema=_LINE_SCHEMA).to_arrow().schema)
-        stats: list[dict] = []
+        stats: list[CorpusStats] = []
         for t in corpora:
             if t.kind == TRAIN:
                 sink = lambda g: line_writer.write_table(g.to_arrow())  # noqa: E731
             else:
                 sink = lambda g: write("test", g)  # noqa: E731
             stats.append(_read_corpus(t, options, quarantine, counts[t.index], sink, progress))
-            counts[t.index].note("samples", 2 * counts[t.index].kept)
         line_writer.close()
         emb = _read_emb(emb_task, options, quarantine, counts[emb_task.index], progress) if emb_task else None
-        if not any(counts[t.index].kept for t in corpora):
-            raise InputError(
-                f"no valid XLong lines in {', '.join(paths)} ({quarantine.count} rows quarantined); nothing to write"
-            )
+        check_lines(corpora, counts, paths, quarantine)
 
         # pass 2: carve the validation users out of the train lines
-        train_users = [u for t, st in zip(corpora, stats) if t.kind == TRAIN for u in st["users"]]
+        train_users = [u for t, st in zip(corpora, stats) if t.kind == TRAIN for u in st.users]
         all_train = np.concatenate(train_users) if train_users else np.zeros(0, np.int32)
         valid = valid_users(all_train, options.xlong_valid_fraction, options.seed)
         valid_lines = 0
+        # batches of SAMPLE_ROW_GROUP // 2 lines counted over all train lines in (file, line) order (iter_batches
+        # crosses the row groups): a distributed engine carves the same batches by the lines' global position
         for batch in pq.ParquetFile(lines_path).iter_batches(batch_size=SAMPLE_ROW_GROUP // 2):
-            lines = pl.from_arrow(pa.Table.from_batches([batch]))
-            is_valid = pl.Series(np.isin(lines["user"].to_numpy(), valid))
-            valid_lines += int(is_valid.sum())
-            write("train", lines.filter(~is_valid))
-            write("valid", lines.filter(is_valid))
+            for split, part in carve(pl.from_arrow(pa.Table.from_batches([batch])), valid):
+                valid_lines += part.height if split == "valid" else 0
+                write(split, part)
         for w in writers.values():
             w.close()
-        shutil.rmtree(tmp / "work")
-        if train_tasks:  # the carve spans all train files; reported on the first
-            counts[train_tasks[0].index].note("valid_lines", valid_lines)
-            counts[train_tasks[0].index].note("valid_users", int(valid.size))
-
-        max_item = max(st["max_item"] for st in stats)
-        n_items = max_item
-        entries = list(OUTPUTS)
-        if emb is not None:
-            blocks, dim, rows = emb
-            n_items = max(max_item, rows)
-            init = np.zeros((n_items + 1, dim), np.float32)  # row 0: padding
-            for r, v in blocks:
-                init[r + 1] = v
-            np.save(tmp / "item_init.npy", init)
-            counts[emb_task.index].note("items_without_embedding", max(0, max_item - rows))
-        else:
-            entries.remove("item_init.npy")
-        quarantine.write(tmp / "quarantine.parquet")
-        sources = [reconcile(t, counts[t.index], sha256_file(t.path), file_bytes([t.path])) for t in tasks]
-        manifest = Manifest(
-            dataset=DATASET,
-            synthetic=all(is_synthetic(p) for p in paths),
-            options=options.model_dump(mode="json"),
-            sources=sources,
-            partitions=1,
-            events=sum(st["entries"] for st in stats),
-            users=max(st["max_user"] for st in stats),
-            items=n_items,
-            cates=0,
-            ts_min=None,
-            ts_max=None,
-            quarantined=quarantine.count,
-            files=output_hashes(tmp, entries[:-1]),
-        )
-        write_model_atomic(tmp / "manifest.json", manifest)
-        # the old dataset stops looking complete first; then stale outputs of any earlier ingest go
-        (out / "manifest.json").unlink(missing_ok=True)
-        for name in dict.fromkeys([*DOWNSTREAM, *EVENT_OUTPUTS, *OUTPUTS]):
-            if name not in entries:
-                stale = out / name
-                if stale.is_dir():
-                    shutil.rmtree(stale)
-                else:
-                    stale.unlink(missing_ok=True)
-        publish(tmp, out, entries, "manifest.json")
+        manifest = finish(tmp, out, paths, options, tasks, counts, stats, emb, quarantine, valid_lines, valid.size)
     build_layouts(Dataset(out, manifest), ["plain"])
+    return manifest
+
+
+def finish(
+    tmp: Path, out: Path, paths: list[str], options: IngestOptions, tasks: list[FileTask], counts: dict[int, FileCounts],
+    stats: list[CorpusStats], emb: tuple[list, int, int] | None, quarantine: Quarantine, valid_lines: int, n_valid: int,
+) -> Manifest:
+    """The end of every engine's XLong ingest, after ``xlong/`` is written in ``tmp``: per-file notes, item_init.npy,
+    quarantine, reconciled reports, manifest (last); publishes ``tmp`` into ``out``. ``stats``: one per corpus, in
+    task order; ``emb``: what :func:`_read_emb` returned (None without graph_emb)."""
+    from lsdata.ingest import DOWNSTREAM, is_synthetic, output_hashes  # the driver imports this module
+    from lsdata.ingest import OUTPUTS as EVENT_OUTPUTS
+
+    shutil.rmtree(tmp / "work", ignore_errors=True)
+    corpora = [t for t in tasks if t.kind != EMB]
+    train_tasks = [t for t in tasks if t.kind == TRAIN]
+    emb_task = next((t for t in tasks if t.kind == EMB), None)
+    for t in corpora:
+        counts[t.index].note("samples", 2 * counts[t.index].kept)
+    if train_tasks:  # the carve spans all train files; reported on the first
+        counts[train_tasks[0].index].note("valid_lines", valid_lines)
+        counts[train_tasks[0].index].note("valid_users", int(n_valid))
+
+    max_item = max(st.max_item for st in stats)
+    n_items = max_item
+    entries = list(OUTPUTS)
+    if emb is not None:
+        blocks, dim, rows = emb
+        n_items = max(max_item, rows)
+        init = np.zeros((n_items + 1, dim), np.float32)  # row 0: padding
+        for r, v in blocks:
+            init[r + 1] = v
+        np.save(tmp / "item_init.npy", init)
+        counts[emb_task.index].note("items_without_embedding", max(0, max_item - rows))
+    else:
+        entries.remove("item_init.npy")
+    quarantine.write(tmp / "quarantine.parquet")
+    sources = [reconcile(t, counts[t.index], sha256_file(t.path), file_bytes([t.path])) for t in tasks]
+    manifest = Manifest(
+        dataset=DATASET,
+        synthetic=all(is_synthetic(p) for p in paths),
+        options=options.model_dump(mode="json"),
+        sources=sources,
+        partitions=1,
+        events=sum(st.entries for st in stats),
+        users=max(st.max_user for st in stats),
+        items=n_items,
+        cates=0,
+        ts_min=None,
+        ts_max=None,
+        quarantined=quarantine.count,
+        files=output_hashes(tmp, entries[:-1]),
+    )
+    write_model_atomic(tmp / "manifest.json", manifest)
+    # the old dataset stops looking complete first; then stale outputs of any earlier ingest go
+    (out / "manifest.json").unlink(missing_ok=True)
+    for name in dict.fromkeys([*DOWNSTREAM, *EVENT_OUTPUTS, *OUTPUTS]):
+        if name not in entries:
+            stale = out / name
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink(missing_ok=True)
+    publish(tmp, out, entries, "manifest.json")
     return manifest
 
 

@@ -12,15 +12,26 @@ ingest: parse   ``source.read`` on one byte span of a raw file               lin
 ingest: vocab   (``events.dense_vocabs`` on the driver, over the aggregates)  ``groupBy(raw id)`` counts, ``min_by``
 ingest: users   ``events.write_user_partition`` on one user-hash partition   shuffle by ``partition_of(user)``
 ingest: items   ``events.write_item_partition`` on one item partition        shuffle by ``item % partitions``
+ingest: xlong   ``xlong.read_chunk`` on a span; ``samples_of`` per batch     line counts, distinct train users,
+                (``xlong.write_samples``, ``finish`` on the driver)          lines grouped into write batches
 split           ``samples.user_last`` / ``samples.locate_part`` per part    exact quantile cut from a histogram
 layouts         ``layouts.side_part`` / ``layouts.part_tables`` per part     join of samples, side windows, parts
 ==============  ===========================================================  =======================================
 
-Sources: Taobao and Amazon (all its formats: 2014/2018 review JSON lines, 2014 Python-literal and 2018 JSON meta,
+Sources: Taobao, XLong and Amazon (all its formats: 2014/2018 review JSON lines, 2014 Python-literal and 2018 JSON meta,
 ratings CSV; plain files in byte spans, compressed files one task each). Amazon meta is not distributed: the
 single-machine ``amazon.prepare`` reads it on the driver (meta files are much smaller than reviews) and its asin ->
 category table is broadcast to the tasks parsing reviews and ratings, which join it exactly as single-machine.
-XLong is refused with a one-line error (``lsdata append`` has no Spark engine).
+
+XLong (samples, not events; :mod:`lsdata.spark.xlong`) reuses the same span plan: one task per corpus span runs
+``xlong.read_chunk`` (``parse_corpus``) on its chunks, each line numbered exactly (``ts`` = line number) from the
+counted spans; Spark collects the distinct train users for ``xlong.valid_users`` (the seeded carve, on the driver)
+and groups the kept lines into the single-machine engine's write batches (train/valid: batches of lines by global
+position, split by ``xlong.carve``; test: per single-machine chunk), each turned into samples by ``samples_of`` in
+a task; the driver appends them with ``xlong.write_samples`` and ends with ``xlong.finish``. ``graph_emb.txt`` (one
+small float matrix) is read on the driver by the single-machine ``_read_emb``, and ``layouts/plain`` is built on
+the driver by ``xlong.build_layouts`` after the manifest, as single-machine (``lsdata layout xlong --engine spark``
+is refused: XLong layouts run on the default engine). ``lsdata append`` has no Spark engine.
 
 The outputs are those of the single-machine engine on the same input, options and seed: the same files with the
 same rows in the same order (``tests/test_spark.py`` compares them). Tasks write their partition's files straight

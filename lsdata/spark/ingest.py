@@ -23,6 +23,9 @@ Jobs, in order (every row-level step is the single-machine function, see :mod:`l
    shuffled by item partition to :func:`lsdata.events.write_item_partition`. No stage sorts globally.
 
 Counts are reconciled per file and the manifest is written last by :func:`lsdata.ingest.publish_ingest`.
+
+XLong (samples, not events) has its own jobs in :mod:`lsdata.spark.xlong`; :func:`ingest` hands it over after the
+same input checks.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from lsdata.ingest.common import FileCounts, FileTask, IngestContext, Quarantine
 from lsdata.io import InputError, compression_of, count_span_lines, staging_dir
 from lsdata.schemas import Manifest
 
-SPARK_SOURCES = ("taobao", "amazon")  # sources whose parser reads a span of a file (FileTask.span)
+SPARK_SOURCES = ("taobao", "amazon", "xlong")  # sources whose parser reads a span of a file (FileTask.span)
 
 
 def plan_spans(spark, tasks: list[FileTask], span_bytes: int) -> list[FileTask]:
@@ -114,6 +117,26 @@ def _side(work: Path, i: int) -> Path:
     return work / "spans" / f"{i:06d}"
 
 
+def write_side(work: Path, i: int, rejects, info: dict) -> None:
+    """Span ``i``'s side files, written by its task: the rejected rows (``rejects.frames``, Arrow IPC, if any) and
+    ``info`` (JSON: counts and whatever the driver needs from the span)."""
+    side = _side(work, i)
+    side.parent.mkdir(parents=True, exist_ok=True)
+    if rejects.frames:
+        schema = rejects.frames[0].to_arrow().schema
+        with ipc.new_file(str(side) + ".rejects.arrow", schema) as w:
+            for f in rejects.frames:
+                w.write_table(f.to_arrow().cast(schema))
+    side.with_suffix(".json").write_text(json.dumps(info))
+
+
+def read_side(work: Path, i: int) -> tuple[dict, pl.DataFrame | None]:
+    """(info, rejected rows or None) of span ``i``, as :func:`write_side` left them."""
+    side = _side(work, i)
+    rej = Path(str(side) + ".rejects.arrow")
+    return json.loads(side.with_suffix(".json").read_text()), (pl.read_ipc(rej) if rej.exists() else None)
+
+
 def parse(
     spark, dataset: str, spans: list[FileTask], options: IngestOptions, partitions: int, work: Path, side: dict | None = None
 ):
@@ -136,13 +159,7 @@ def parse(
                 mod.read(task, ctx)
             except InputError as e:  # e.g. an unknown --behaviors value: reported by the driver
                 error = str(e)
-            side = _side(Path(work_s), i)
-            side.parent.mkdir(parents=True, exist_ok=True)
-            if rejects.frames:
-                with ipc.new_file(str(side) + ".rejects.arrow", rejects.frames[0].to_arrow().schema) as w:
-                    for f in rejects.frames:
-                        w.write_table(f.to_arrow().cast(rejects.frames[0].to_arrow().schema))
-            side.with_suffix(".json").write_text(json.dumps({"counts": asdict(ctx.file(task)), "error": error}))
+            write_side(Path(work_s), i, rejects, {"counts": asdict(ctx.file(task)), "error": error})
             for df in events.frames:
                 df = df.with_columns(partition_of(pl.col("user"), partitions).alias("_p"))
                 yield from df.to_arrow().cast(schema).to_batches()
@@ -159,14 +176,12 @@ def collect_side(work: Path, spans: list[FileTask], ctx: IngestContext) -> None:
     """Per-span counts, rejects and errors into the driver's context, in (file, line) order: the first input
     error raises, and in --strict mode the real Quarantine raises at the first rejected row, as single-machine."""
     for i, task in enumerate(spans):
-        side = _side(work, i)
-        info = json.loads(side.with_suffix(".json").read_text())
+        info, rej = read_side(work, i)
         if info["error"]:
             raise InputError(info["error"])
         got = FileCounts(**info["counts"])
-        rej = Path(str(side) + ".rejects.arrow")
-        if rej.exists():
-            ctx.reject(task, pl.read_ipc(rej))  # counts them in ctx.file(task).rejected
+        if rej is not None:
+            ctx.reject(task, rej)  # counts them in ctx.file(task).rejected
         c = ctx.file(task)
         c.read += got.read
         c.kept += got.kept
@@ -245,6 +260,10 @@ def ingest(spark, dataset: str, paths: list[str], out: str | Path, options: Inge
     mod = source_module(dataset, paths)
     if dataset not in SPARK_SOURCES:
         raise InputError(f"--engine spark: {dataset} is not supported yet (supported: {', '.join(SPARK_SOURCES)}); use the default engine")
+    if dataset == "xlong":  # samples, not events: its own jobs (lsdata.spark.xlong)
+        from lsdata.spark import xlong
+
+        return xlong.ingest(spark, paths, out, options)
     out = Path(out)
     tasks = mod.plan(paths, options)
     partitions = options.partitions or auto_partitions(paths)
