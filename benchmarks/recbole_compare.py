@@ -187,6 +187,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def side_args(ap: argparse.ArgumentParser, models: list[str], lsdata_json: str) -> None:
+    """Options every RecBole side by side has: oneDNN, the RecBole venv, reusing either side's earlier results."""
+    ap.add_argument("--mkldnn", dest="no_mkldnn", action="store_false",
+                    help="keep torch's oneDNN (mkldnn) backend on; by default it is off on both sides: with it, conv "
+                         "backward gave NaN (RecBole Caser) and segfaults (lsdata Caser) on the torch 2.13 CPU build")
+    ap.add_argument("--recbole-python", default="/tmp/venv-recbole/bin/python", help="python of the RecBole venv")
+    ap.add_argument("--skip-recbole", nargs="*", metavar="MODEL", choices=models,
+                    help="reuse these models' results from WORK/recbole.json (all models if none named)")
+    ap.add_argument("--skip-lsdata", nargs="*", metavar="MODEL", choices=models,
+                    help=f"reuse these models' results from {lsdata_json} (all models if none named)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/rbcmp"), help="scratch dir (CSV, dataset, runs)")
@@ -205,16 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="RecBole GRU4Rec/Caser training rows (convert.py)")
     ap.add_argument("--lsdata-params", default="matched", choices=["matched", "defaults"],
                     help="lsdata model knobs: matched to RecBole's architectures (matched()) or lsdata's reference defaults")
-    ap.add_argument("--mkldnn", dest="no_mkldnn", action="store_false",
-                    help="keep torch's oneDNN (mkldnn) backend on; by default it is off on both sides: with it, conv "
-                         "backward gave NaN (RecBole Caser) and segfaults (lsdata Caser) on the torch 2.13 CPU build")
     ap.add_argument("--recbole-anomaly-mode", action="store_true",
                     help="leave torch anomaly detection on in RecBole (RecBole 1.2.1 turns it on at import)")
-    ap.add_argument("--recbole-python", default="/tmp/venv-recbole/bin/python", help="python of the RecBole venv")
-    ap.add_argument("--skip-recbole", nargs="*", metavar="MODEL", choices=list(PAIRS),
-                    help="reuse these models' results from WORK/recbole.json (all models if none named)")
-    ap.add_argument("--skip-lsdata", nargs="*", metavar="MODEL", choices=list(PAIRS),
-                    help="reuse these models' results from WORK/lsdata.json (all models if none named)")
+    side_args(ap, list(PAIRS), "WORK/lsdata.json")
     ap.add_argument("--results", type=Path, default=HERE / "results" / "recbole_compare.json")
     ap.add_argument("--markdown", type=Path, default=HERE / "RECBOLE.md")
     a = ap.parse_args(argv)

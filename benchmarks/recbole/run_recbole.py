@@ -135,6 +135,12 @@ def machine() -> dict:
     }
 
 
+def cpu_run_config(seed: int, work: Path) -> dict:
+    """RecBole settings of a quiet, reproducible CPU run (checkpoints under ``work/saved``)."""
+    return {"seed": seed, "reproducibility": True, "device": "cpu", "use_gpu": False, "gpu_id": "", "show_progress": False,
+            "state": "WARNING", "checkpoint_dir": str((work / "saved").resolve()), "log_wandb": False}
+
+
 def build_config(model: str, data: Path, meta: dict, args) -> dict:
     ctr = model in CTR
     ds = "lsdata_ctr" if ctr else "lsdata_seq"
@@ -158,15 +164,7 @@ def build_config(model: str, data: Path, meta: dict, args) -> dict:
         "train_batch_size": args.batch_size,
         "eval_batch_size": 4096,
         "learning_rate": args.lr,
-        "seed": args.seed,
-        "reproducibility": True,
-        "device": "cpu",
-        "use_gpu": False,
-        "gpu_id": "",
-        "show_progress": False,
-        "state": "WARNING",
-        "checkpoint_dir": str((args.work / "saved").resolve()),
-        "log_wandb": False,
+        **cpu_run_config(args.seed, args.work),
     }
     cfg.update(MODEL_PARAMS[model])
     return {"dataset": ds, "config": cfg}
