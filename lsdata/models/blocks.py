@@ -242,6 +242,21 @@ class Head(nn.Module):
 #: Caser heights convolved together: one conv1d per group of this many heights (kernel = the group's largest, the
 #: smaller filters zero-padded); 4x faster than one Conv2d per height at 50 heights, same outputs
 CASER_HEIGHT_GROUP = 25
+#: :func:`window_conv` multiplies unfolded windows up to this many elements (128 MiB in float32), else calls conv1d
+WINDOW_MATMUL_LIMIT = 1 << 25
+
+
+def window_conv(x: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+    """``F.conv1d(x, w, bias)`` (``x`` ``[B, C_in, N]``, ``w`` ``[C_out, C_in, k]``), computed as one matmul over the
+    unfolded windows ``x[..., j:j+k]`` when they hold at most ``WINDOW_MATMUL_LIMIT`` elements. Same numbers
+    either way; the matmul does not depend on torch's convolution backends: with oneDNN off (as the RecBole
+    comparisons run, since its conv backward crashed on the 2.13 CPU build) conv1d fwd+bwd at Caser's L = 5,
+    d = 64, batch 2048 took 0.59 s against 0.15 s for this (0.07 s with oneDNN on)."""
+    b, c_in, n = x.shape
+    k = w.shape[-1]
+    if b * (n - k + 1) * c_in * k > WINDOW_MATMUL_LIMIT:
+        return F.conv1d(x, w, bias)
+    return torch.einsum("bdjr,cdr->bcj", x.unfold(2, k, 1), w) + bias[:, None]
 
 
 def caser_horizontal(x: Tensor, n: Tensor, convs: nn.ModuleList, relu: bool, group: int | None = None) -> Tensor:
@@ -265,7 +280,7 @@ def caser_horizontal(x: Tensor, n: Tensor, convs: nn.ModuleList, relu: bool, gro
         kmax = max(ks)
         w = torch.cat([F.pad(convs[i].weight.squeeze(1).transpose(1, 2), (0, kmax - k)) for i, k in zip(idx, ks)])
         bias = torch.cat([convs[i].bias for i in idx])
-        o = F.conv1d(xt[..., : t + kmax - 1], w, bias).view(b, len(ks), n_h, t)  # window j = rows j..j+k-1
+        o = window_conv(xt[..., : t + kmax - 1], w, bias).view(b, len(ks), n_h, t)  # window j = rows j..j+k-1
         if relu:
             o = torch.relu(o)
         last = pos[None, :] + torch.tensor(ks, device=x.device)[:, None] - 1  # [G, t] each window's last row
