@@ -421,13 +421,15 @@ def test_attention_scores_on_real_positions_only_equal_the_dense_scores_there():
     torch.testing.assert_close(w, dense_w, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("limit", [1 << 25, 0], ids=["window-matmul", "conv1d"])
+@pytest.mark.parametrize("onednn,limit", [(False, 1 << 25), (False, 0), (True, 1 << 25)],
+                         ids=["window-matmul", "conv1d-over-limit", "conv1d-onednn"])
 @pytest.mark.parametrize("h_act", ["none", "relu"])
-def test_caser_grouped_conv1d_equals_one_conv2d_per_height(h_act, limit, monkeypatch):
+def test_caser_grouped_conv1d_equals_one_conv2d_per_height(h_act, onednn, limit, monkeypatch):
     from lsdata.models import blocks
     from lsdata.models.blocks import caser_horizontal
 
-    monkeypatch.setattr(blocks, "WINDOW_MATMUL_LIMIT", limit)  # both ways of computing the windows
+    monkeypatch.setattr(blocks, "WINDOW_MATMUL_LIMIT", limit)  # every way of computing the windows
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", onednn and torch.backends.mkldnn.is_available())
 
     m = build("caser", window=10, heights=(3, 1, 7, 2, 10), h_act=h_act).eval()
     batch = make_batch(b=6, lengths=[0, 1, 4, 9, L, 10])

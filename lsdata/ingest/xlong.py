@@ -106,7 +106,7 @@ LAYOUT_BATCH = 4096  # samples per layout batch; also fixes the mimn negatives' 
 
 #: ``xlong/{split}.parquet``: one row per sample.
 BASE_SCHEMA = arrow_schema(XLongSampleRow)
-_LINE_SCHEMA = {
+LINE_SCHEMA = {
     "line": pl.Int64,
     "user": pl.Int32,
     "pos_item": pl.Int32,
@@ -212,7 +212,7 @@ ID_REASON = f"not an integer in 0..{MAX_RAW_ID}"
 
 
 def parse_corpus(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One chunk of a corpus -> (good lines in ``_LINE_SCHEMA``, ids already +1; rejects).
+    """One chunk of a corpus -> (good lines in ``LINE_SCHEMA``, ids already +1; rejects).
 
     A rejected line names its first failing field; for a list field the reason gives the 1-based
     position and text of the first bad element.
@@ -278,7 +278,7 @@ def parse_corpus(chunk: bytes, first_line: int) -> tuple[pl.DataFrame, pl.DataFr
         (c("neg_item") + 1).alias("neg_item"),
         *((c(n) + 1).alias(n) for n in LIST_FIELDS),
     )
-    return good.cast(_LINE_SCHEMA), bad
+    return good.cast(LINE_SCHEMA), bad
 
 
 def parse_emb(chunk: bytes, first_line: int, dim: int, row0: int) -> tuple[np.ndarray, np.ndarray, pl.DataFrame, int]:
@@ -447,7 +447,7 @@ def _read_corpus(task: FileTask, opts: IngestOptions, quarantine: Quarantine, co
     return st
 
 
-def _read_emb(task: FileTask, opts: IngestOptions, quarantine: Quarantine, counts: FileCounts, progress) -> tuple[list, int, int]:
+def read_emb(task: FileTask, opts: IngestOptions, quarantine: Quarantine, counts: FileCounts, progress) -> tuple[list, int, int]:
     """Stream graph_emb: ([(rows, values)], dim, number of rows). ``dim`` = the usual count in the first lines."""
     dims = [_emb_dim(h) for h in head_lines(task.path, 5)]
     dim = max(set(dims), key=dims.count) if dims else 0
@@ -520,7 +520,7 @@ def ingest(paths: list[str], out: Path, options: IngestOptions, progress: Callab
 
         # pass 1: parse every file; test lines become samples at once, train lines wait for the valid draw
         lines_path = tmp / "work" / "train_lines.parquet"
-        line_writer = pq.ParquetWriter(lines_path, pl.DataFrame(schema=_LINE_SCHEMA).to_arrow().schema)
+        line_writer = pq.ParquetWriter(lines_path, pl.DataFrame(schema=LINE_SCHEMA).to_arrow().schema)
         stats: list[CorpusStats] = []
         for t in corpora:
             if t.kind == TRAIN:
@@ -529,7 +529,7 @@ def ingest(paths: list[str], out: Path, options: IngestOptions, progress: Callab
                 sink = lambda g: write("test", g)  # noqa: E731
             stats.append(_read_corpus(t, options, quarantine, counts[t.index], sink, progress))
         line_writer.close()
-        emb = _read_emb(emb_task, options, quarantine, counts[emb_task.index], progress) if emb_task else None
+        emb = read_emb(emb_task, options, quarantine, counts[emb_task.index], progress) if emb_task else None
         check_lines(corpora, counts, paths, quarantine)
 
         # pass 2: carve the validation users out of the train lines
@@ -556,7 +556,7 @@ def finish(
 ) -> Manifest:
     """The end of every engine's XLong ingest, after ``xlong/`` is written in ``tmp``: per-file notes, item_init.npy,
     quarantine, reconciled reports, manifest (last); publishes ``tmp`` into ``out``. ``stats``: one per corpus, in
-    task order; ``emb``: what :func:`_read_emb` returned (None without graph_emb)."""
+    task order; ``emb``: what :func:`read_emb` returned (None without graph_emb)."""
     from lsdata.ingest import DOWNSTREAM, is_synthetic, output_hashes  # the driver imports this module
     from lsdata.ingest import OUTPUTS as EVENT_OUTPUTS
 

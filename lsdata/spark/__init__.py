@@ -29,7 +29,7 @@ counted spans; Spark collects the distinct train users for ``xlong.valid_users``
 and groups the kept lines into the single-machine engine's write batches (train/valid: batches of lines by global
 position, split by ``xlong.carve``; test: per single-machine chunk), each turned into samples by ``samples_of`` in
 a task; the driver appends them with ``xlong.write_samples`` and ends with ``xlong.finish``. ``graph_emb.txt`` (one
-small float matrix) is read on the driver by the single-machine ``_read_emb``, and ``layouts/plain`` is built on
+small float matrix) is read on the driver by the single-machine ``read_emb``, and ``layouts/plain`` is built on
 the driver by ``xlong.build_layouts`` after the manifest, as single-machine (``lsdata layout xlong --engine spark``
 is refused: XLong layouts run on the default engine). ``lsdata append`` has no Spark engine.
 

@@ -100,7 +100,7 @@ class _Events:
             self.frames.append(df)
 
 
-class _Rejects:
+class SpanRejects:
     """The ``quarantine`` of a parse task: keeps rejected rows as the parser gave them (strictness is decided by
     the driver, which replays them in file order through the real :class:`Quarantine`)."""
 
@@ -152,7 +152,7 @@ def parse(
         mod = SOURCES[dataset]
         for i in sp.ids(batches):
             task = spans[i]
-            events, rejects = _Events(), _Rejects()
+            events, rejects = _Events(), SpanRejects()
             ctx = IngestContext(events, rejects, options, side=dict(shared.value))
             error = None
             try:

@@ -13,7 +13,7 @@ validation carved by user from a seeded permutation. Jobs, in order (every row-l
    chunk they belong to (the chunk of ``chunk_bytes`` raw bytes in which the line's newline lies; the test file's
    row groups follow those chunks). Counts, statistics and rejected lines go to side files and are replayed by
    the driver in (file, line) order through the real quarantine (``--strict`` raises at the same line).
-3. **graph_emb** (driver, not distributed): :func:`~lsdata.ingest.xlong._read_emb` reads it on the driver exactly as
+3. **graph_emb** (driver, not distributed): :func:`~lsdata.ingest.xlong.read_emb` reads it on the driver exactly as
    single-machine (it is one small float matrix, e.g. 16 columns), after the corpora's rejects.
 4. **valid carve**: the distinct train users by a Spark ``distinct``; the driver draws the valid users with
    :func:`~lsdata.ingest.xlong.valid_users` (same seed, same draw).
@@ -44,7 +44,7 @@ from lsdata.ingest import xlong as x
 from lsdata.ingest.common import FileCounts, FileTask, Quarantine
 from lsdata.io import iter_line_chunks, open_binary, staging_dir
 from lsdata.schemas import Manifest
-from lsdata.spark.ingest import read_side, write_side
+from lsdata.spark.ingest import SpanRejects, read_side, write_side
 
 _INT_LIST = pa.list_(pa.int32())
 LINES = pa.schema(
@@ -66,14 +66,12 @@ def _span_start(path: str, span: tuple[int, int] | None) -> int:
 
 def parse(spark, spans: list[FileTask], options: IngestOptions, work: Path):
     """Job 2: every span's chunks through :func:`lsdata.ingest.xlong.read_chunk`; returns the kept lines."""
-    from lsdata.spark.ingest import _Rejects
-
     work_s, cb = str(work), options.chunk_bytes
 
     def run(batches):
         for i in sp.ids(batches):
             task = spans[i]
-            rejects, counts, stats = _Rejects(), FileCounts(), x.CorpusStats()
+            rejects, counts, stats = SpanRejects(), FileCounts(), x.CorpusStats()
             pos = _span_start(task.path, task.span)
             size = Path(task.path).stat().st_size if task.span is not None else 0
             kept = 0
@@ -142,12 +140,12 @@ def sample_parts(spark, lines, spans: list[FileTask], valid: np.ndarray, tmp: Pa
         .withColumn("_g", F.when(F.col("_train"), F.expr(f"_o div {BATCH_LINES}")).otherwise(F.col("_key")).cast("long"))
     )
     tmp_s, shared = str(tmp), spark.sparkContext.broadcast(valid)
-    names = list(x._LINE_SCHEMA)
+    names = list(x.LINE_SCHEMA)
 
     def make(t: pa.Table) -> pa.Table:
         df = pl.from_arrow(t).sort("_o")
         f, g = int(df["_f"][0]), int(df["_g"][0])
-        lines_ = df.select(names).cast(x._LINE_SCHEMA)
+        lines_ = df.select(names).cast(x.LINE_SCHEMA)
         parts = x.carve(lines_, shared.value) if f < 0 else [("test", lines_)]
         out = []
         for split, part in parts:
@@ -190,7 +188,7 @@ def ingest(spark, paths: list[str], out: str | Path, options: IngestOptions) -> 
         stats = [by_file.get(t.index, x.CorpusStats()) for t in corpora]
         for t, st in zip(corpora, stats):
             st.note(counts[t.index])
-        emb = x._read_emb(emb_task, options, quarantine, counts[emb_task.index], None) if emb_task else None
+        emb = x.read_emb(emb_task, options, quarantine, counts[emb_task.index], None) if emb_task else None
         x.check_lines(corpora, counts, paths, quarantine)
         train_spans = [i for i, t in enumerate(spans) if t.kind == x.TRAIN]
         users = lines.filter(lines["_span"].isin(train_spans)).select("user").distinct().toArrow()["user"].to_numpy()
