@@ -249,7 +249,7 @@ def check_metrics(rb_runs: list[dict]) -> list[dict]:
 
     out = []
     for r in rb_runs:
-        if "error" in r:
+        if "error" in r or "test_ranks" not in r:  # runs merged from the results JSON (--from-results) lack their ranks
             continue
         m = ranking_metrics(np.asarray(r["test_ranks"]), ks=(10,))
         d = max(abs(m["ndcg@10"] - r["test"]["ndcg@10"]), abs(m["hr@10"] - r["test"]["hr@10"]))
@@ -382,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-ties", action="store_true",
                     help="keep ml-100k's same-second timestamps (histories then differ between the sides; only targets are checked)")
     side_args(ap, list(PAIRS), "WORK/lsdata-PARAMS.json")
+    ap.add_argument("--recbole-seeds", nargs="+", type=int, metavar="SEED",
+                    help="RecBole seeds to run (default 2020 .. 2020+SEEDS-1); their runs replace only the same "
+                         "(model, seed) runs, so more seeds can be added to an earlier run's")
+    ap.add_argument("--from-results", type=Path, metavar="JSON",
+                    help="start WORK/recbole.json and WORK/lsdata-PARAMS.json from this results file when they are "
+                         "missing (an earlier run; its RecBole test ranks are not stored, so those runs are not re-scored)")
     ap.add_argument("--results", type=Path, default=HERE / "results" / "recbole_nextitem.json")
     ap.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md", help="RESULTS.md to update ('-' = none)")
     a = ap.parse_args(argv)
@@ -399,21 +405,28 @@ def main(argv: list[str] | None = None) -> int:
         return list(a.models) if skip is None else [m for m in a.models if skip and m not in skip]
 
     rb_json, ls_json = a.work / "recbole.json", a.work / f"lsdata-{a.lsdata_params}.json"
+    if a.from_results:
+        earlier = json.loads(a.from_results.read_text())
+        if not rb_json.exists():
+            rb_json.write_text(json.dumps(earlier["recbole"]) + "\n")
+        if not ls_json.exists():
+            ls_json.write_text(json.dumps(earlier["lsdata"], indent=2) + "\n")
+    rb_seeds = a.recbole_seeds or [2020 + i for i in range(a.seeds)]
     rb = json.loads(rb_json.read_text()) if rb_json.exists() else {"runs": []}
-    for m in todo(a.skip_recbole):  # one process per model (its own epoch cap); its runs replace earlier ones
-        new_json = a.work / "recbole_last.json"
+    for m in todo(a.skip_recbole):  # one process per model (its own epoch cap); its runs replace earlier same-seed ones
+        new_json = a.work / f"recbole_last-{m}.json"  # per model: two processes may run different models
         new_json.unlink(missing_ok=True)
         cmd = [a.recbole_python, str(HERE / "recbole" / "run_recbole_next.py"), "--data", str(rb_root), "--dataset", DATASET,
                "--json", str(new_json), "--dump", str(a.work / "recbole_split"), "--epochs", str(epochs_of(m, a)),
                "--patience", str(a.patience), "--max-len", str(MAX_LEN), "--max-len-for", f"Caser={a.caser_len}",
                "--threads", str(a.threads), "--work", str(a.work / "recbole_work"), "--models", m,
-               "--seeds", *[str(2020 + i) for i in range(a.seeds)]] + (["--no-mkldnn"] if a.no_mkldnn else [])
+               "--seeds", *map(str, rb_seeds)] + (["--no-mkldnn"] if a.no_mkldnn else [])
         sh(cmd, log=a.work / "recbole.log", check=False)
         if new_json.exists():
             new = json.loads(new_json.read_text())
             rb = json.loads(rb_json.read_text()) if rb_json.exists() else {"runs": []}
             rb = {**rb, **{k: v for k, v in new.items() if k != "runs"},
-                  "runs": [r for r in rb["runs"] if r["model"] != m] + new["runs"]}
+                  "runs": [r for r in rb["runs"] if r["model"] != m or r["seed"] not in rb_seeds] + new["runs"]}
             rb_json.write_text(json.dumps(rb) + "\n")
     split_check = check_split(ours, a.work / "recbole_split", widths, a.keep_ties)
     metric_check = check_metrics(rb["runs"])

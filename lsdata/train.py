@@ -355,6 +355,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
         checkpoint()
 
     result: dict = {}
+    spread = rank_spread(r.model) if r.world > 1 else None  # before rank 0 loads the selected weights
     if n_valid and (r.out / "best.pt").exists() and lead:
         r.model.load_state_dict(torch.load(r.out / "best.pt", map_location=r.device, weights_only=True))
     if r.world > 1:
@@ -367,7 +368,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
         secs = st["epoch_seconds"]
         result = {
             "model": cfg.model, "dataset": r.spec.dataset, "layout": r.layout, "data": str(cfg.data),
-            "device": str(r.device), "world_size": r.world, "amp": r.amp,
+            "device": str(r.device), "world_size": r.world, "ddp_rank_spread": spread, "amp": r.amp,
             "n_parameters": sum(p.numel() for p in r.model.parameters()),
             "train_samples": n_train, "steps": st["step"], "epochs_run": len(secs), "best_step": st["best_step"],
             "stopped_early": bool(st["stop"]), "selection": r.selection if n_valid else "none: empty valid split, last weights",
@@ -387,6 +388,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: Callable[[dict], Non
     if r.world > 1:
         dist.barrier()
     return result
+
+
+def rank_spread(model: torch.nn.Module) -> float:
+    """Under DDP: the largest difference between the ranks' per-parameter sums and sums of squares (float64) of the
+    trained weights; ``0.0`` when DDP kept every rank's parameters identical, as it must (each rank applies the same
+    all-reduced gradient). A rank that stepped on a gradient of its own (no DDP wrapper, a skipped all-reduce, a
+    gradient changed after it on one rank) shows up here. Buffers are left out: batch-norm statistics follow each rank's own batch."""
+    v = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()]) for p in model.parameters()])
+    every = [torch.empty_like(v) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, v)
+    return max(float((x - v).abs().max()) for x in every)
 
 
 def pq_rows(path: Path) -> int:
