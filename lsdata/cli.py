@@ -63,7 +63,7 @@ class Engine(str, Enum):
 
 ENGINE_HELP = ("single: this process, one partition at a time (default). spark: Apache Spark through PySpark "
                "(pip install 'lsdata[spark]'; Java 17+), the same per-partition code and the same output files; "
-               "Taobao, Amazon and XLong ingest; Taobao/Amazon split and layouts (lsdata/spark/__init__.py).")
+               "Taobao, Amazon and XLong ingest and layouts; Taobao/Amazon split (lsdata/spark/__init__.py).")
 SPARK_MASTER_HELP = ("--engine spark: Spark master URL: local[N] (N cores of this machine), spark://HOST:PORT, yarn, ... "
                      "Default local[2], or spark-submit's --master when run through lsdata/spark/submit.py. Inputs and "
                      "the output directory must be on a file system every executor sees.")
@@ -112,7 +112,7 @@ def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Raw files, any order; plain, .gz, .bz2 or .zip (zip::member).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.")],
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed row (file:line:field) instead of quarantining it.")] = False,
-    partitions: Annotated[Optional[int], typer.Option(help="User-hash partitions; default one per 128 MiB of input.")] = None,
+    partitions: Annotated[Optional[int], typer.Option(help=IngestOptions.model_fields["partitions"].description)] = None,
     behaviors: Annotated[Optional[str], typer.Option(help=f"Taobao: comma list of behaviours to keep ({','.join(TAOBAO_BEHAVIORS)}); default all.")] = None,
     keep_out_of_window: Annotated[bool, typer.Option(help="Taobao: keep rows outside the collection window (they are counted either way).")] = False,
     window: Annotated[Optional[str], typer.Option(help="Taobao: collection window START,END (unix seconds or ISO dates), half-open. "

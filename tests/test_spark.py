@@ -102,6 +102,50 @@ def test_spark_equals_single_machine_on_generated_data(spark, tmp_path):
     assert m.quarantined > 0 and len(m.sources) == 2 and m.events > 20_000
 
 
+@pytest.mark.spark
+def test_spark_takes_more_partitions_than_256_and_equals_single_machine(spark, tmp_path):
+    # 1,000 partitions for 600 events of 150 users: most user and item partitions are empty, and both engines
+    # write them as the same empty files (every part number present, as the manifest's partitions says)
+    from lsdata.spark import ingest as spark_ingest
+
+    src = write_taobao(tmp_path / "small.csv", [(u % 150, 1 + (u * 7) % 200, 1 + u % 9, "pv", T0 + u) for u in range(600)])
+    opts = IngestOptions(partitions=1000)
+    single, dist = tmp_path / "single", tmp_path / "spark"
+    ingest("taobao", [str(src)], single, opts)
+    spark_ingest.ingest(spark, "taobao", [str(src)], dist, opts)
+    assert assert_same_files(single, dist) == 3 * 1000 + 3 + 2
+    ds = open_dataset(dist)
+    assert ds.manifest.partitions == 1000
+    for table in ("events", "sequences", "item_events"):
+        rows = [pq.ParquetFile(p).metadata.num_rows for p in ds.parts(table)]
+        assert len(rows) == 1000 and rows.count(0) > 500 and sum(rows) == (150 if table == "sequences" else 600)
+
+
+def test_partition_limits_give_clear_errors(tmp_path, monkeypatch):
+    import resource
+
+    from pydantic import ValidationError
+
+    from lsdata.defaults import MAX_PARTITIONS, MAX_SPARK_PARTITIONS
+
+    assert 256 < MAX_PARTITIONS < MAX_SPARK_PARTITIONS < 100_000  # part names have 5 digits
+    with pytest.raises(ValidationError, match=f"less than or equal to {MAX_SPARK_PARTITIONS}"):
+        IngestOptions(partitions=MAX_SPARK_PARTITIONS + 1)
+    src = [str(write_taobao(tmp_path / "small.csv", [(1, 2, 3, "pv", T0)]))]
+    with pytest.raises(InputError, match=f"single-machine engine takes at most {MAX_PARTITIONS} .*--engine spark"):
+        ingest("taobao", src, tmp_path / "a", IngestOptions(partitions=MAX_PARTITIONS + 1))
+    # one spill file per partition is open: a low soft limit is raised, a low hard limit is a clear error
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (100, 200))
+    with pytest.raises(InputError, match="needs ~556 open files, but `ulimit -Hn` is 200"):
+        ingest("taobao", src, tmp_path / "a", IngestOptions(partitions=300))
+    assert not (tmp_path / "a").exists()
+    raised = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (100, 10_000))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, limits: raised.append(limits))
+    ingest("taobao", src, tmp_path / "b", IngestOptions(partitions=300))
+    assert raised == [(556, 10_000)] and open_dataset(tmp_path / "b").manifest.partitions == 300
+
+
 def bad_taobao(root: Path) -> Path:
     rows = [(1, 10, 1, "pv", T0 + i) for i in range(400)]
     rows[250] = (1, 10, 1, "pv", "soon")
@@ -291,6 +335,31 @@ def test_spark_xlong_equals_single_machine_on_gzipped_input(spark, tmp_path):
     single, dist = run_xlong(spark, src, tmp_path, opts)
     assert assert_same_files(single, dist) == len(XLONG_OUT)
     assert pq.ParquetFile(dist / "xlong" / "test.parquet").metadata.num_row_groups > 1
+
+
+@pytest.mark.spark
+def test_spark_xlong_layouts_equal_single_machine(spark, tmp_path):
+    # every XLong layout on both engines from the same ingest: 12k lines, so train (row groups of the carved
+    # batches), valid and test (row groups per 8 KiB chunk) hold several layout batches that cross row groups;
+    # histories longer and shorter than the widths, mimn negatives seeded by set and batch
+    from lsdata.ingest import xlong as x
+    from lsdata.spark import layouts as spark_layouts
+    from lsdata.synth import xlong
+
+    src = xlong.generate(tmp_path / "gen", n_users=12_000, hist_len=30, side_len=4, n_items=900, seed=4)
+    single, dist = tmp_path / "single", tmp_path / "spark"
+    ingest("xlong", [str(p) for p in src], single, IngestOptions(chunk_bytes=8 << 10, xlong_valid_fraction=0.2))
+    shutil.copytree(single, dist)
+    widths = {"hist": 40, "side": 3, "short": 6, "side_short": 1}
+    overrides = {n: widths if n == "shan" else {"hist": 20, "side": 3} for n in LAYOUTS}
+    a = layouts.build(open_dataset(single), list(LAYOUTS), overrides, seed=7)
+    b = spark_layouts.build(spark, open_dataset(dist), list(LAYOUTS), overrides, seed=7)
+    assert a == b
+    assert assert_same_files(single, dist) == len(XLONG_OUT) + 3 * 4  # plain rebuilt, hpmn, shan, mimn added
+    for s in ("train", "test"):
+        assert a["plain"].rows[s] > x.LAYOUT_BATCH
+        groups = pq.ParquetFile(single / "xlong" / f"{s}.parquet").metadata
+        assert any(groups.row_group(g).num_rows % x.LAYOUT_BATCH for g in range(groups.num_row_groups))
 
 
 @settings(max_examples=60, deadline=None)

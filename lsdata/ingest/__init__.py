@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from lsdata.defaults import DEFAULT_PARTITION_BYTES, MAX_PARTITIONS, IngestOptions
+from lsdata.defaults import DEFAULT_PARTITION_BYTES, MAX_PARTITIONS, MAX_SPARK_PARTITIONS, OPEN_FILES_MARGIN, IngestOptions
 from lsdata.events import EventBuilder
 from lsdata.ingest import amazon, taobao, xlong
 from lsdata.ingest.common import FileTask, IngestContext, Quarantine, reconcile
@@ -30,7 +30,39 @@ DOWNSTREAM = ["split", "layouts", "xlong", "item_init.npy"]  # invalidated by a 
 
 
 def auto_partitions(paths: list[str]) -> int:
+    """--partitions auto: one per ``DEFAULT_PARTITION_BYTES`` of input, at least 1 and at most ``MAX_PARTITIONS``
+    (on every engine, so that they write the same files)."""
     return max(1, min(MAX_PARTITIONS, math.ceil(file_bytes(paths) / DEFAULT_PARTITION_BYTES)))
+
+
+def partition_count(paths: list[str], options: IngestOptions, spark: bool = False) -> int:
+    """The ingest's user-hash partitions: ``options.partitions`` (at most ``MAX_SPARK_PARTITIONS``, checked by
+    :class:`IngestOptions`) or :func:`auto_partitions`. The single-machine engine takes at most ``MAX_PARTITIONS``
+    and keeps one spill file per partition open: for it the soft open-files limit is raised to fit them."""
+    p = options.partitions or auto_partitions(paths)
+    if not spark:
+        if p > MAX_PARTITIONS:
+            raise InputError(f"--partitions {p}: the single-machine engine takes at most {MAX_PARTITIONS} partitions "
+                             f"(lsdata/defaults.py); use --engine spark (up to {MAX_SPARK_PARTITIONS})")
+        _allow_open_files(p + OPEN_FILES_MARGIN, p)
+    return p
+
+
+def _allow_open_files(n: int, partitions: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE to ``n`` when it is lower (an InputError when the hard one is)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= n:
+        return
+    if hard != resource.RLIM_INFINITY and hard < n:
+        raise InputError(
+            f"--partitions {partitions}: the single-machine engine keeps one spill file per partition open and needs "
+            f"~{n} open files, but `ulimit -Hn` is {hard}; raise it, or use fewer partitions or --engine spark"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
 
 
 def is_synthetic(path: str) -> bool:
@@ -82,7 +114,7 @@ def ingest(
     if hasattr(mod, "ingest"):
         return mod.ingest(paths, out, options, progress)
     tasks = mod.plan(paths, options)
-    partitions = options.partitions or auto_partitions(paths)
+    partitions = partition_count(paths, options)
     with staging_dir(out, "ingest") as tmp, Background() as bg:
         # the inputs' sha256 (for the manifest) is taken while they are parsed; spill and Parquet writes, and the
         # outputs' sha256, run on bg's threads while the next batch or partition is computed

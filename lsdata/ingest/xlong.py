@@ -61,13 +61,14 @@ the first failing field (``line``, ``index``, ``uid``, ``history``, ``pos_item``
 
 The Spark engine (:mod:`lsdata.spark.xlong`) writes the same files with the pieces of :func:`ingest`:
 :func:`read_chunk` per chunk of a byte span, :class:`CorpusStats` merged over spans, :func:`valid_users`,
-:func:`carve` and :func:`sample_table` per write batch, :func:`write_samples`, :func:`finish`, :func:`build_layouts`.
+:func:`carve` and :func:`sample_table` per write batch, :func:`write_samples`, :func:`finish`; its layouts with
+:func:`layout_plan` and :func:`batch_tables` per batch of samples.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lsdata.dataset import Dataset
-from lsdata.defaults import DEFAULT_SEED, SPLITS, Behavior, IngestOptions
+from lsdata.defaults import DEFAULT_SEED, SPLITS, Behavior, IngestOptions, LayoutLengths
 from lsdata.events import parquet_options
 from lsdata.ingest.common import FileCounts, FileTask, Quarantine, first_failure, lines_frame, reconcile, wrong_format
 from lsdata.io import (
@@ -625,6 +626,34 @@ def _ranges(col: pa.Array, key: str, consts: dict[str, tuple[int, type]]) -> Ran
     return Ranges(out, offsets[:-1], offsets[1:])
 
 
+def layout_plan(
+    ds: Dataset, names: list[str], overrides: dict[str, dict[str, int]] | None = None, seed: int | None = None
+) -> tuple[dict[str, LayoutLengths], NegativeSampler]:
+    """Widths of each requested layout and mimn's negative sampler (any engine): negatives uniform over
+    ``1..manifest.items``, seeded by ``seed`` (default: the ingest seed)."""
+    for s in SPLITS:
+        if not (ds.root / "xlong" / f"{s}.parquet").exists():
+            raise InputError(f"{ds.root}: no xlong/{s}.parquet - re-run `lsdata ingest xlong`")
+    overrides = overrides or {}
+    lengths = {n: lengths_for(DATASET, n, overrides.get(n)) for n in dict.fromkeys(names)}
+    n_items = ds.manifest.items
+    seed = ds.manifest.options.get("seed", DEFAULT_SEED) if seed is None else seed
+    return lengths, NegativeSampler(n_items, np.zeros(n_items + 1, np.int32), seed)
+
+
+def batch_tables(
+    batch: pa.RecordBatch, split: str, bno: int, lengths: dict[str, LayoutLengths], negatives: NegativeSampler
+) -> Iterator[tuple[str, pa.Table]]:
+    """``(layout, rows)`` of batch number ``bno`` (rows ``bno * LAYOUT_BATCH ..`` of ``xlong/{split}.parquet``; any
+    engine). The batch number and split fix the mimn negatives' stream."""
+    target = pl.from_arrow(pa.Table.from_batches([batch]).select(["user", "label", "item", "cate", "ts"]))
+    hist = _ranges(batch.column("hist_item"), "item", {"cate": (0, np.int32), "behavior": (CLICK, np.int8)})
+    side = _ranges(batch.column("side_user"), "user", {"behavior": (CLICK, np.int8)})
+    stream = bno * len(SPLITS) + SPLITS.index(split)
+    for n, w in lengths.items():
+        yield n, layout_table(n, w, target, hist, side, negatives, stream=stream)
+
+
 def build_layouts(
     ds: Dataset,
     names: list[str],
@@ -634,30 +663,20 @@ def build_layouts(
 ) -> dict[str, LayoutReport]:
     """Materialise layouts ``names`` from the base store ``xlong/{split}.parquet``; publishes ``layouts/NAME/``.
 
-    Reads each split in batches of ``LAYOUT_BATCH`` samples (memory bounded by one batch's windows).
-    History entries get ``cate = 0`` and ``behavior = click``; item-side ids go to ``side_user``
-    (``behavior = click``). ``mimn`` negatives are uniform over ``1..manifest.items`` outside the row's
-    shown history, seeded by ``seed`` (default: the ingest seed) and the (split, batch) number. ``progress(1)`` per batch.
+    Reads each split in batches of ``LAYOUT_BATCH`` samples (memory bounded by one batch's windows), each turned
+    into rows by :func:`batch_tables`. History entries get ``cate = 0`` and ``behavior = click``; item-side ids go
+    to ``side_user`` (``behavior = click``). ``mimn`` negatives are uniform over ``1..manifest.items`` outside the
+    row's shown history, seeded by ``seed`` (default: the ingest seed) and the (split, batch) number.
+    ``progress(1)`` per batch. (Spark: :func:`lsdata.spark.xlong.build_layouts`, the same files.)
     """
-    for s in SPLITS:
-        if not (ds.root / "xlong" / f"{s}.parquet").exists():
-            raise InputError(f"{ds.root}: no xlong/{s}.parquet - re-run `lsdata ingest xlong`")
-    overrides = overrides or {}
-    lengths = {n: lengths_for(DATASET, n, overrides.get(n)) for n in dict.fromkeys(names)}
-    n_items = ds.manifest.items
-    seed = ds.manifest.options.get("seed", DEFAULT_SEED) if seed is None else seed
-    negatives = NegativeSampler(n_items, np.zeros(n_items + 1, np.int32), seed)
+    lengths, negatives = layout_plan(ds, names, overrides, seed)
     with staging_dir(ds.root, "layouts") as tmp:
         writers = {n: LayoutWriter(tmp, n, w) for n, w in lengths.items()}
-        for si, s in enumerate(SPLITS):
+        for s in SPLITS:
             pf = pq.ParquetFile(ds.root / "xlong" / f"{s}.parquet")
             for bno, batch in enumerate(pf.iter_batches(batch_size=LAYOUT_BATCH)):
-                target = pl.from_arrow(pa.Table.from_batches([batch]).select(["user", "label", "item", "cate", "ts"]))
-                hist = _ranges(batch.column("hist_item"), "item", {"cate": (0, np.int32), "behavior": (CLICK, np.int8)})
-                side = _ranges(batch.column("side_user"), "user", {"behavior": (CLICK, np.int8)})
-                stream = bno * len(SPLITS) + si
-                for n, wr in writers.items():
-                    wr.write(s, layout_table(n, wr.w, target, hist, side, negatives, stream=stream))
+                for n, table in batch_tables(batch, s, bno, lengths, negatives):
+                    writers[n].write(s, table)
                 if progress:
                     progress(1)
         return publish_layouts(ds, tmp, writers)

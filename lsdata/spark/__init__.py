@@ -16,6 +16,7 @@ ingest: xlong   ``xlong.read_chunk`` on a span; ``samples_of`` per batch     lin
                 (``xlong.write_samples``, ``finish`` on the driver)          lines grouped into write batches
 split           ``samples.user_last`` / ``samples.locate_part`` per part    exact quantile cut from a histogram
 layouts         ``layouts.side_part`` / ``layouts.part_tables`` per part     join of samples, side windows, parts
+layouts: xlong  ``xlong.batch_tables`` per batch of samples                   one task per batch, driver appends
 ==============  ===========================================================  =======================================
 
 Sources: Taobao, XLong and Amazon (all its formats: 2014/2018 review JSON lines, 2014 Python-literal and 2018 JSON meta,
@@ -29,9 +30,15 @@ counted spans; Spark collects the distinct train users for ``xlong.valid_users``
 and groups the kept lines into the single-machine engine's write batches (train/valid: batches of lines by global
 position, split by ``xlong.carve``; test: per single-machine chunk), each turned into samples by ``samples_of`` in
 a task; the driver appends them with ``xlong.write_samples`` and ends with ``xlong.finish``. ``graph_emb.txt`` (one
-small float matrix) is read on the driver by the single-machine ``read_emb``, and ``layouts/plain`` is built on
-the driver by ``xlong.build_layouts`` after the manifest, as single-machine (``lsdata layout xlong --engine spark``
-is refused: XLong layouts run on the default engine). ``lsdata append`` has no Spark engine.
+small float matrix) is read on the driver by the single-machine ``read_emb``. XLong layouts (``layouts/plain``
+after the manifest, and ``lsdata layout XLONG NAMES --engine spark``): one task per batch of ``LAYOUT_BATCH``
+samples of a set - the single-machine engine's batches - runs ``xlong.batch_tables`` on it; the driver appends the
+tables in batch order. ``lsdata append`` has no Spark engine.
+
+Partitions: ``--partitions`` goes up to ``MAX_SPARK_PARTITIONS`` (16,384) on Spark, where each partition is one
+call of the per-partition functions; the single-machine engine takes up to ``MAX_PARTITIONS`` (4,096: one open
+spill file per partition, a fixed cost growing with them), which is also the most ``--partitions`` auto picks on
+either engine (:mod:`lsdata.defaults`).
 
 The outputs are those of the single-machine engine on the same input, options and seed: the same files with the
 same rows in the same order (``tests/test_spark.py`` compares them). Tasks write their partition's files straight

@@ -51,7 +51,7 @@ from lsdata.events import (
     write_user_partition,
     write_vocabs,
 )
-from lsdata.ingest import SOURCES, auto_partitions, check_events, publish_ingest, source_module
+from lsdata.ingest import SOURCES, check_events, partition_count, publish_ingest, source_module
 from lsdata.ingest.common import FileCounts, FileTask, IngestContext, Quarantine
 from lsdata.io import InputError, compression_of, count_span_lines, staging_dir
 from lsdata.schemas import Manifest
@@ -266,7 +266,7 @@ def ingest(spark, dataset: str, paths: list[str], out: str | Path, options: Inge
         return xlong.ingest(spark, paths, out, options)
     out = Path(out)
     tasks = mod.plan(paths, options)
-    partitions = options.partitions or auto_partitions(paths)
+    partitions = partition_count(paths, options, spark=True)
     with staging_dir(out, "ingest") as tmp:
         work = tmp / "work"
         quarantine = Quarantine(options.strict)

@@ -7,6 +7,9 @@
   number and set, as single-machine) and writes them to the staging directory as Arrow files;
 * the driver appends each part's tables in part order as row groups to the single file per layout and set
   (:class:`lsdata.layouts.LayoutWriter`) - one part in memory at a time - and publishes, reports last.
+
+XLong (samples with their histories, no events): :func:`lsdata.spark.xlong.build_layouts`, one task per batch of
+samples, the same staging files and the same driver append (:func:`write_part`, :func:`append_parts`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from lsdata import layouts
 from lsdata import spark as sp
 from lsdata.dataset import Dataset, open_dataset
 from lsdata.defaults import SPLITS
-from lsdata.io import InputError, staging_dir
+from lsdata.io import staging_dir
 from lsdata.schemas import LayoutReport, SampleRow
 
 SIDE = pa.schema([("idx", pa.int64()), ("side_user", pa.list_(pa.int32())), ("side_behavior", pa.list_(pa.int8())),
@@ -43,6 +46,28 @@ def _part_file(tmp: Path, part_no: int, split: str, name: str) -> Path:
     return tmp / "parts" / f"{part_no:05d}" / f"{name}-{split}.arrow"
 
 
+def write_part(tmp: Path, part_no: int, split: str, name: str, table: pa.Table) -> None:
+    """A task's rows of layout ``name`` and set ``split`` for unit ``part_no``: an Arrow file in the staging dir
+    (named by unit, so a retried task rewrites the same file)."""
+    f = _part_file(tmp, part_no, split, name)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    with ipc.new_file(str(f), table.schema) as w:
+        w.write_table(table)
+
+
+def append_parts(tmp: Path, writers: dict[str, layouts.LayoutWriter], parts: int) -> None:
+    """The driver: every unit's Arrow files appended in unit order as row groups (one unit's table in memory at a
+    time), then the Arrow files removed."""
+    for part_no in range(parts):
+        for s in SPLITS:
+            for n, wr in writers.items():
+                f = _part_file(tmp, part_no, s, n)
+                if f.exists():
+                    with ipc.open_file(str(f)) as r:
+                        wr.write(s, r.read_all())
+    shutil.rmtree(tmp / "parts", ignore_errors=True)
+
+
 def build(
     spark, ds: Dataset, names: list[str], overrides: dict[str, dict[str, int]] | None = None, seed: int | None = None
 ) -> dict[str, LayoutReport]:
@@ -50,7 +75,9 @@ def build(
     from pyspark.sql import functions as F
 
     if ds.name == "xlong":
-        raise InputError("--engine spark: XLong layouts are written by its ingest; use the default engine")
+        from lsdata.spark import xlong
+
+        return xlong.build_layouts(spark, ds, names, overrides, seed)
     lengths, negatives = layouts.plan(ds, names, overrides, seed)
     width = max(w.side for w in lengths.values())
     root, version = str(ds.root), ds.version
@@ -87,10 +114,7 @@ def build(
             batch = df.select(list(SampleRow.model_fields))
             written = []
             for s, n, table in layouts.part_tables(seq, batch, rows, side_r, lengths, negatives, part_no):
-                f = _part_file(Path(tmp_s), part_no, s, n)
-                f.parent.mkdir(parents=True, exist_ok=True)
-                with ipc.new_file(str(f), table.schema) as w:
-                    w.write_table(table)
+                write_part(Path(tmp_s), part_no, s, n, table)
                 written.append(table.num_rows)
             return pa.table({"part": pa.array([part_no], pa.int32()), "rows": [sum(written)]})
 
@@ -98,12 +122,5 @@ def build(
         (samples.join(users, "user").join(sides, "idx")
          .groupBy("_part").applyInArrow(part, "part int, rows long").collect())
         writers = {n: layouts.LayoutWriter(tmp, n, w) for n, w in lengths.items()}
-        for part_no in range(len(seq_parts)):
-            for s in SPLITS:
-                for n, wr in writers.items():
-                    f = _part_file(tmp, part_no, s, n)
-                    if f.exists():
-                        with ipc.open_file(str(f)) as r:
-                            wr.write(s, r.read_all())
-        shutil.rmtree(tmp / "parts", ignore_errors=True)
+        append_parts(tmp, writers, len(seq_parts))
         return layouts.publish_layouts(ds, tmp, writers)

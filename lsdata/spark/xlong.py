@@ -24,11 +24,19 @@ validation carved by user from a seeded permutation. Jobs, in order (every row-l
 6. **write**: the driver appends the tables in order to ``xlong/{split}.parquet`` with
    :func:`~lsdata.ingest.xlong.write_samples` (one batch in memory at a time), then
    :func:`~lsdata.ingest.xlong.finish` writes item_init.npy, the quarantine and the manifest (last) and publishes;
-   ``layouts/plain`` is then built on the driver by :func:`~lsdata.ingest.xlong.build_layouts`, as single-machine.
+   ``layouts/plain`` is then built by :func:`build_layouts`.
+
+Layouts (``lsdata layout XLONG NAMES --engine spark``, :func:`build_layouts`): one task per batch of
+``LAYOUT_BATCH`` samples of a set - the batches the single-machine :func:`~lsdata.ingest.xlong.build_layouts`
+reads, rows ``bno * LAYOUT_BATCH ..`` of ``xlong/{split}.parquet`` - reads only the row groups holding them and
+turns them into every requested layout with :func:`~lsdata.ingest.xlong.batch_tables` (mimn negatives seeded by
+set and batch number, as single-machine); the driver appends the tables in batch order
+(:func:`lsdata.spark.layouts.append_parts`) and publishes, reports last.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,15 +44,18 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
 from lsdata import spark as sp
 from lsdata.dataset import Dataset
-from lsdata.defaults import IngestOptions
+from lsdata.defaults import SPLITS, IngestOptions
 from lsdata.ingest import xlong as x
 from lsdata.ingest.common import FileCounts, FileTask, Quarantine
 from lsdata.io import iter_line_chunks, open_binary, staging_dir
-from lsdata.schemas import Manifest
+from lsdata.layouts import LayoutWriter, publish_layouts
+from lsdata.schemas import LayoutReport, Manifest
 from lsdata.spark.ingest import SpanRejects, read_side, write_side
+from lsdata.spark.layouts import append_parts, write_part
 
 _INT_LIST = pa.list_(pa.int32())
 LINES = pa.schema(
@@ -202,6 +213,53 @@ def ingest(spark, paths: list[str], out: str | Path, options: IngestOptions) -> 
             w.close()
         valid_lines = sum(n for split, _, _, n in parts if split == "valid")
         manifest = x.finish(tmp, out, paths, options, tasks, counts, stats, emb, quarantine, valid_lines, valid.size)
-    x.build_layouts(Dataset(out, manifest), ["plain"])
+    build_layouts(spark, Dataset(out, manifest), ["plain"])
     return manifest
+
+
+LAYOUT_COLUMNS = ["user", "label", "item", "cate", "ts", "hist_item", "side_user"]  # what batch_tables reads
+
+
+def read_rows(path: str | Path, start: int, stop: int) -> pa.RecordBatch:
+    """Rows ``start..stop`` of a Parquet file (``LAYOUT_COLUMNS``) as one record batch, reading only the row groups
+    that hold them."""
+    pf = pq.ParquetFile(path)
+    groups, first, at = [], 0, 0
+    for g in range(pf.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if at < stop and at + n > start:
+            first = first if groups else at
+            groups.append(g)
+        at += n
+    t = pf.read_row_groups(groups, columns=LAYOUT_COLUMNS).slice(start - first, stop - start)
+    return t.combine_chunks().to_batches()[0]
+
+
+def build_layouts(
+    spark, ds: Dataset, names: list[str], overrides: dict[str, dict[str, int]] | None = None, seed: int | None = None
+) -> dict[str, LayoutReport]:
+    """:func:`lsdata.ingest.xlong.build_layouts` on Spark: the same ``layouts/NAME/{train,valid,test}.parquet``."""
+    lengths, _ = x.layout_plan(ds, names, overrides, seed)  # checks the inputs on the driver
+    units = []  # (set, batch number, first row, end row), in the order the driver appends them
+    for s in SPLITS:
+        rows = pq.ParquetFile(ds.root / "xlong" / f"{s}.parquet").metadata.num_rows
+        step = x.LAYOUT_BATCH
+        units += [(s, b, b * step, min((b + 1) * step, rows)) for b in range(math.ceil(rows / step))]
+    root, manifest = str(ds.root), ds.manifest
+    with staging_dir(ds.root, "layouts") as tmp:
+        tmp_s = str(tmp)
+
+        def run(batches):
+            lens, negatives = x.layout_plan(Dataset(Path(root), manifest), names, overrides, seed)
+            for i in sp.ids(batches):
+                s, bno, start, stop = units[i]
+                batch = read_rows(Path(root) / "xlong" / f"{s}.parquet", start, stop)
+                for n, table in x.batch_tables(batch, s, bno, lens, negatives):
+                    write_part(Path(tmp_s), i, s, n, table)
+                yield pa.RecordBatch.from_pydict({"i": [i]})
+
+        sp.tasks(spark, len(units)).mapInArrow(run, "i long").collect()
+        writers = {n: LayoutWriter(tmp, n, w) for n, w in lengths.items()}
+        append_parts(tmp, writers, len(units))
+        return publish_layouts(ds, tmp, writers)
 
