@@ -159,14 +159,15 @@ class NextItemRun(Run):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 u, _ = self.model.encode(batch)
             u, pos = u.float(), batch["target"].long()
-            ps = (u * w[pos]).sum(1) + b[pos]
+            score = self.model.item_scores  # u · w + b, or the model's own scorer
+            ps = score(u, w[pos][:, None], b[pos][:, None])[:, 0]
             above = torch.zeros_like(pos)
             for c in range(1, w.shape[0], o.item_chunk):
                 ids = torch.arange(c, min(c + o.item_chunk, w.shape[0]), device=w.device)
-                above += count_above(ps, u @ w[c : c + ids.numel()].T + b[ids], ids[None, :] != pos[:, None])
+                above += count_above(ps, score(u, w[c : c + ids.numel()], b[ids]), ids[None, :] != pos[:, None])
             neg = self.uniform.sample(pos, o.eval_negatives, gen)
             full.append(above.cpu().numpy())
-            sampled.append(count_above(ps, torch.einsum("bd,bnd->bn", u, w[neg]) + b[neg]).cpu().numpy())
+            sampled.append(count_above(ps, score(u, w[neg], b[neg])).cpu().numpy())
         self.model.train()
         out = [np.concatenate(x) if x else np.zeros(0, dtype=np.int64) for x in (full, sampled, [rows])]
         if self.world > 1:

@@ -19,6 +19,7 @@ MODEL_NAMES = (
     "shan_next",  # shan.py (next-item framing)
     "sasrec", "gru4rec_next", "stamp", "caser_next", "sdm",  # nextitem.py (next-item framing, issue #5)
     "dman",  # dman.py (next-item)
+    "hpmn_next",  # hpmn_next.py (next-item, HPMN's memory from memory.py)
 )
 
 
@@ -33,7 +34,7 @@ def register(cls: type) -> type:
     return cls
 
 
-MODULES = ("baselines", "memory", "rum", "shan", "sam", "nextitem", "dman")  #: modules whose import registers the models
+MODULES = ("baselines", "memory", "rum", "shan", "sam", "nextitem", "dman", "hpmn_next")  #: modules whose import registers the models
 
 
 def _load_all() -> None:

@@ -51,6 +51,51 @@ def slot_covariance_penalty(mem: Tensor, reduce: str = "mean") -> Tensor:
     return norm.sum() if reduce == "sum" else norm.mean()
 
 
+def check_periods(v: tuple[int, ...]) -> tuple[int, ...]:
+    """HPMN's update periods: ``t_1 = 1`` and each a multiple of the previous (else ``ValueError``)."""
+    if not v or v[0] != 1 or any(b < 1 or b % a for a, b in zip(v, v[1:], strict=False)):
+        raise ValueError(f"periods must start at 1 and each must be a multiple of the previous, got {v}")
+    return v
+
+
+def periodic_memory(grus: nn.ModuleList, periods: tuple[int, ...], x: Tensor, n: Tensor) -> Tensor:
+    """HPMN's hierarchical periodic memory (see :class:`HPMN`): slots ``[B, D, h]`` after the ``n`` real
+    (front-padded) events of ``x`` ``[B, T, D_e]``; GRU ``j`` updates slot ``j`` every ``periods[j]`` events."""
+    b, t, _ = x.shape
+    out, m, _ = run_rnn(grus[0], x, n)
+    slots = [m]
+    prev_len, prev_t = t, 1
+    for gru, t_j in zip(grus[1:], periods[1:], strict=True):
+        width = t // t_j  # most updates any row can have
+        if width == 0:
+            slots.append(torch.zeros_like(m))
+            continue
+        n_j, n_prev = n // t_j, n // prev_t
+        k = torch.arange(1, width + 1, device=x.device)[None, :] - (width - n_j)[:, None]  # update number
+        # layer j's k-th input = layer j-1's (k * t_j / t_{j-1})-th output, in its front-padded sequence
+        src = ((prev_len - n_prev)[:, None] + k * (t_j // prev_t) - 1).clamp(0, prev_len - 1)
+        seq = out.gather(1, src[..., None].expand(-1, -1, out.shape[2]))
+        out, m, _ = run_rnn(gru, seq, n_j)
+        slots.append(m)
+        prev_len, prev_t = width, t_j
+    return torch.stack(slots, 1)
+
+
+def periodic_fold(grus: nn.ModuleList, periods: tuple[int, ...], state: tuple[Tensor, Tensor], e: Tensor,
+                  valid: Tensor) -> tuple[Tensor, Tensor]:
+    """One event (embedding ``e`` ``[B, D_e]``) folded into ``(slots [B, D, h], count [B])``, the incremental
+    form of :func:`periodic_memory`; rows with ``valid`` False are left untouched."""
+    slots, count = state
+    count = count + valid.long()
+    x, new = e, []
+    for j, (gru, t_j) in enumerate(zip(grus, periods, strict=True)):
+        due = valid & (count % t_j == 0)
+        m = torch.where(due[:, None], gru_step(gru, x, slots[:, j]), slots[:, j])
+        new.append(m)
+        x = m
+    return torch.stack(new, 1), count
+
+
 class HPMNParams(ModelParams):
     head_act: str = Field("elu", description="head activation (reference: ELU)")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout after each head layer (reference keep 0.5)")
@@ -64,9 +109,7 @@ class HPMNParams(ModelParams):
     @field_validator("periods")
     @classmethod
     def _nested(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or v[0] != 1 or any(b < 1 or b % a for a, b in zip(v, v[1:], strict=False)):
-            raise ValueError(f"periods must start at 1 and each must be a multiple of the previous, got {v}")
-        return v
+        return check_periods(v)
 
 
 @register
@@ -141,24 +184,7 @@ class HPMN(CTRModel):
     # -- memory ----------------------------------------------------------------------------------------
     def memory(self, x: Tensor, n: Tensor) -> Tensor:
         """Slots ``[B, D, h]`` after the ``n`` real (front-padded) events of ``x`` ``[B, T, D_e]``."""
-        b, t, _ = x.shape
-        out, m, _ = run_rnn(self.grus[0], x, n)
-        slots = [m]
-        prev_len, prev_t = t, 1
-        for gru, t_j in zip(self.grus[1:], self.p.periods[1:], strict=True):
-            width = t // t_j  # most updates any row can have
-            if width == 0:
-                slots.append(torch.zeros_like(m))
-                continue
-            n_j, n_prev = n // t_j, n // prev_t
-            k = torch.arange(1, width + 1, device=x.device)[None, :] - (width - n_j)[:, None]  # update number
-            # layer j's k-th input = layer j-1's (k * t_j / t_{j-1})-th output, in its front-padded sequence
-            src = ((prev_len - n_prev)[:, None] + k * (t_j // prev_t) - 1).clamp(0, prev_len - 1)
-            seq = out.gather(1, src[..., None].expand(-1, -1, out.shape[2]))
-            out, m, _ = run_rnn(gru, seq, n_j)
-            slots.append(m)
-            prev_len, prev_t = width, t_j
-        return torch.stack(slots, 1)
+        return periodic_memory(self.grus, self.p.periods, x, n)
 
     def read(self, slots: Tensor, e_tgt: Tensor) -> Tensor:
         """Multi-hop attention read with the candidate as query, then the head -> logits ``[B]``."""
@@ -182,15 +208,7 @@ class HPMN(CTRModel):
 
     def fold(self, state: tuple[Tensor, Tensor], e: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """One event (embedding ``e`` ``[B, D_e]``; rows with ``valid`` False are left untouched)."""
-        slots, count = state
-        count = count + valid.long()
-        x, new = e, []
-        for j, (gru, t_j) in enumerate(zip(self.grus, self.p.periods, strict=True)):
-            due = valid & (count % t_j == 0)
-            m = torch.where(due[:, None], gru_step(gru, x, slots[:, j]), slots[:, j])
-            new.append(m)
-            x = m
-        return torch.stack(new, 1), count
+        return periodic_fold(self.grus, self.p.periods, state, e, valid)
 
     def update(self, state, event):
         e = self.emb(event["item"], event["cate"], event["behavior"])

@@ -3,10 +3,11 @@
 Every model encodes a sample's front-padded history (:class:`lsdata.nextitem.NextItemDataset` batch:
 ``hist_item``/``hist_cate`` ``[B, L]``, ``hist_len``, ``user``) into a user vector ``u`` ``[B, D]`` and scores an
 item ``i`` as ``u . W[i] + b[i]`` with the model's output table (:meth:`NextItemModel.output`), so full
-ranking over every item is one matrix product per chunk of items. ``forward(batch, items=None)`` returns the
-logits of every item ``[B, I + 1]`` (index 0 = padding, scored ``-inf``) or of the given ``items`` ``[B, C]``,
-plus the model's extra loss; the trainer (:mod:`lsdata.nextitem_train`) turns them into the loss the paper
-uses (``train_defaults["loss"]``).
+ranking over every item is one matrix product per chunk of items (:meth:`NextItemModel.item_scores`, which
+``hpmn_next`` overrides with its candidate-queried read of the memory slots, still without a ``[B, N, d]``
+tensor). ``forward(batch, items=None)`` returns the logits of every item ``[B, I + 1]`` (index 0 = padding,
+scored ``-inf``) or of the given ``items`` ``[B, C]``, plus the model's extra loss; the trainer
+(:mod:`lsdata.nextitem_train`) turns them into the loss the paper uses (``train_defaults["loss"]``).
 
 Models with a causal per-position encoder (``encode_seq``: ``sasrec``, ``gru4rec_next``, ``dman``) also train
 with every position as a target (``--targets all``, ``train_defaults["targets"]``; the official SASRec and DMAN
@@ -100,11 +101,18 @@ class NextItemModel(nn.Module):
             u = u[positions]
         w, b = self.output()
         if items is None:
-            logits = u @ w.T + (b if b is not None else 0.0)
+            logits = self.item_scores(u, w, b)
             return logits.index_fill(1, torch.zeros(1, dtype=torch.long, device=u.device), float("-inf")), extra
         items = items.long()
-        logits = torch.einsum("bd,bcd->bc", u, w[items])
-        return logits + b[items] if b is not None else logits, extra
+        return self.item_scores(u, w[items], b[items] if b is not None else None), extra
+
+    def item_scores(self, u: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        """Scores ``[N, C]`` of the user vectors ``u`` ``[N, D]`` against output rows ``w``: ``[C, d]`` (the same
+        items for every row) or ``[N, C, d]`` (per-row items); ``b`` has ``w``'s leading shape or is None.
+        Default ``u · w + b``; a model whose score is not a dot product (``hpmn_next``) overrides it, and every
+        scorer (training losses, full and sampled ranking) goes through it."""
+        s = u @ w.T if w.dim() == 2 else torch.einsum("bd,bcd->bc", u, w)
+        return s + b if b is not None else s
 
 
 def _zero(ref: Tensor) -> Tensor:
