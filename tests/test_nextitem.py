@@ -225,7 +225,7 @@ def taobao_split(tmp_path_factory):
     return root
 
 
-def _batch(root, name, n=16):
+def _batch(root, name, n=16, **params):
     cls = models.get(name)
     ds = open_dataset(root)
     seq = load_sequences(ds)
@@ -235,7 +235,7 @@ def _batch(root, name, n=16):
     spec = DataSpec(m.dataset, "sequences", m.users, m.items, m.cates)
     torch.manual_seed(0)
     nodrop = {"dropout": 0.0} if "dropout" in cls.Params.model_fields else {}
-    model = cls(spec, cls.make_params(spec.dataset, {**nodrop, **SMALL.get(name, {})}))
+    model = cls(spec, cls.make_params(spec.dataset, {**nodrop, **SMALL.get(name, {}), **params}))
     rows = np.linspace(0, len(idx) - 1, n).astype(int)  # spread over users, long histories included
     return model, NextItemDataset(seq, idx, model.p.max_len).__getitems__(rows), spec
 
@@ -254,14 +254,44 @@ def test_model_shapes_and_gradients_reach_every_parameter(name, taobao_split):
     assert not dead, f"parameters without gradient: {dead}"
 
 
-def test_sasrec_tables_start_glorot_uniform_with_a_zero_padding_row_as_the_official_code():
+@pytest.mark.parametrize(("name", "tables"), [("sasrec", ("item", "pos")), ("gru4rec_next", ("item",))])
+def test_item_tables_start_glorot_uniform_with_a_zero_padding_row_as_the_official_code(name, tables):
     spec = DataSpec("amazon", "sequences", 10, 3000, 5)
-    cls = models.get("sasrec")
+    cls = models.get(name)
     model = cls(spec, cls.make_params("amazon", {}))
-    for table in (model.item.weight, model.pos.weight):
+    for table in (getattr(model, t).weight.detach() for t in tables):
         bound = math.sqrt(6 / sum(table.shape))
         assert float(table.abs().max()) <= bound and float(table.abs().max()) > 0.9 * bound
     assert not model.item.weight[0].any()
+
+
+def test_sasrec_feed_forward_width_is_ffn_dim_and_defaults_to_d_as_the_official_block(taobao_split):
+    model, batch, spec = _batch(taobao_split, "sasrec", ffn_dim=24)
+    d = model.p.emb_dim
+    assert all(tuple(b.w1.weight.shape) == (24, d) and tuple(b.w2.weight.shape) == (d, 24) for b in model.blocks)
+    assert tuple(_batch(taobao_split, "sasrec")[0].blocks[0].w1.weight.shape) == (d, d)
+    next_item_loss("ce", model(batch)[0], batch["target"]).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_gru4rec_next_with_recboles_layout_wider_gru_dense_map_and_embedding_dropout(taobao_split):
+    """hidden != emb_dim: a GRU of `hidden` units and a linear map back to d (RecBole's `dense`); embedding dropout
+    is active in training only; gradients reach every parameter and the encoder stays causal."""
+    model, batch, spec = _batch(taobao_split, "gru4rec_next", hidden=12, embed_dropout=0.5)
+    assert model.gru.hidden_size == 12 and tuple(model.dense.weight.shape) == (model.p.emb_dim, 12)
+    logits, extra = model(batch)
+    assert logits.shape == (16, spec.n_items + 1)
+    next_item_loss("ce", logits, batch["target"]).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with torch.no_grad():
+        assert not torch.equal(model(batch)[0], model(batch)[0])  # dropout on the input embeddings in training
+        model.eval()
+        torch.testing.assert_close(model(batch)[0], model(batch)[0], rtol=0, atol=0)
+        u, _ = model.encode_seq(batch)
+        j = u.shape[1] // 2
+        changed = dict(batch, hist_item=batch["hist_item"].clone())
+        changed["hist_item"][:, j] = torch.where(changed["hist_item"][:, j] > 0, changed["hist_item"][:, j] % spec.n_items + 1, 0)
+        torch.testing.assert_close(model.encode_seq(changed)[0][:, :j], u[:, :j], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", NEXT)
