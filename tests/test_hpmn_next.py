@@ -19,7 +19,7 @@ from lsdata.models.memory import HPMN, periodic_fold
 from lsdata.nextitem import NextItemDataset, build_index, load_sequences, split_protocol
 from lsdata.ranking import ranking_metrics
 from tests import test_nextitem
-from tests.test_shan_next import _cluster_ratings
+from tests.test_shan_next import cluster_dataset
 
 taobao_split = test_nextitem.taobao_split  # the real Taobao slice through `lsdata ingest` + `lsdata split`
 
@@ -85,12 +85,7 @@ def test_overfits_one_batch(taobao_split):
 
 
 def test_lsdata_train_hpmn_next_end_to_end_ranks_with_the_models_scorer(tmp_path):
-    csv = _cluster_ratings(tmp_path / "ratings.csv")
-    data, out = tmp_path / "data", tmp_path / "run"
-    run = CliRunner()
-    for args in (["ingest", "amazon", str(csv), "--out", str(data)], ["split", str(data), "--method", "loo"]):
-        r = run.invoke(app, args)
-        assert r.exit_code == 0, r.output
+    data, out, run = cluster_dataset(tmp_path)
     r = run.invoke(app, ["train", "hpmn_next", str(data), "--out", str(out), "--epochs", "6", "--patience", "6",
                          "--device", "cpu", "--threads", "1", "--set", "emb_dim=16", "--set", "hidden=16",
                          "--set", "max_len=10", "--batch-size", "64", "--lr", "3e-3"])

@@ -122,13 +122,19 @@ def _cluster_ratings(path, users=120, clusters=6, per=5, length=14, seed=0):
     return path
 
 
-def test_lsdata_train_shan_next_end_to_end_learns_a_planted_signal(tmp_path):
+def cluster_dataset(tmp_path):
+    """The planted-cluster ratings through `lsdata ingest amazon` + `lsdata split --method loo`: (data, out, runner)."""
     csv = _cluster_ratings(tmp_path / "ratings.csv")
     data, out = tmp_path / "data", tmp_path / "run"
     run = CliRunner()
     for args in (["ingest", "amazon", str(csv), "--out", str(data)], ["split", str(data), "--method", "loo"]):
         r = run.invoke(app, args)
         assert r.exit_code == 0, r.output
+    return data, out, run
+
+
+def test_lsdata_train_shan_next_end_to_end_learns_a_planted_signal(tmp_path):
+    data, out, run = cluster_dataset(tmp_path)
     r = run.invoke(app, ["train", "shan_next", str(data), "--out", str(out), "--epochs", "8", "--patience", "8",
                          "--device", "cpu", "--threads", "1", "--set", "emb_dim=16", "--set", "max_len=10",
                          "--set", "short_len=3", "--batch-size", "64"])
