@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import torch
-from typer.testing import CliRunner
 
 from lsdata import models
 from lsdata.cli import app
