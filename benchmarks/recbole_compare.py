@@ -31,8 +31,10 @@ embedding 16, epochs, model selection (best validation-AUC epoch scored once on 
 ``--lsdata-params matched`` (default) sets lsdata's model knobs to RecBole's architecture and inputs where
 lsdata has a knob (see ``matched()``): no behaviour-type input on either side (RecBole's models take none),
 no category for GRU4Rec/Caser (RecBole's versions take item ids only), RecBole's 200-80 attention MLP and
-un-normalised DIN weights, Dice heads without dropout for DIN/DIEN, DIEN's auxiliary loss (weight 1, the
-``mimn`` layout's negatives - the same ones convert.py gives RecBole - and RecBole's 200-80 auxiliary MLP), Caser's paper filters (heights 1..L,
+un-normalised DIN weights, Dice heads without dropout for DIN, DIEN as RecBole builds it (its unprojected candidate
+query with scores / sqrt(d), head on [h'_T; e_a], `Dice` = SiLU, and its auxiliary loss: RecBole's linear 200-80
+auxiliary MLP on the ``mimn`` layout's negatives - the same ones convert.py gives RecBole - with RecBole's alpha 1 =
+lsdata's aux_weight 0.5, see ``matched()``), Caser's paper filters (heights 1..L,
 8 horizontal, 4 vertical, ReLU). ``--lsdata-params defaults`` trains lsdata's reference configurations.
 Differences that remain are listed in NOTES (and in the markdown section).
 """
@@ -65,9 +67,15 @@ def matched(model: str, caser_len: int) -> tuple[list[str], dict]:
         return [], {**common, "att_hidden": [200, 80], "att_act": "sigmoid", "att_norm": "none", "head": [200, 80],
                     "head_act": "dice", "head_norm": "batch", "dropout": 0.0}
     if model == "dien":
+        # RecBole 1.2.1 DIEN: the candidate embedding itself as the attention query (item id + category = 32 =
+        # hidden), scores / sqrt(32) before the softmax, head [h'_T; e_a] (+ e_u, which lsdata has not) -> MLP
+        # with batch norm and RecBole's `Dice` (= SiLU: its alpha is a fixed zero tensor), a linear auxiliary MLP
+        # whose BCE is the mean over the 2N clicked + non-clicked slots (alpha 1 = lsdata's aux_weight 0.5: lsdata
+        # averages BCE(pos) + BCE(neg) over the N slots)
         return ["--layout", "mimn"], {**common, "hidden": 32, "att_hidden": [200, 80], "att_act": "sigmoid",
-                                      "head": [200, 80], "head_act": "dice", "head_norm": "batch", "dropout": 0.0, "aux_weight": 1.0,
-                                      "aux_hidden": [200, 80]}
+                                      "att_query_proj": False, "att_scale": True, "head_input": "state",
+                                      "head": [200, 80], "head_act": "silu", "head_norm": "batch", "dropout": 0.0,
+                                      "aux_weight": 0.5, "aux_hidden": [200, 80], "aux_act": "none"}
     if model == "gru4rec":
         return [], {**common, "use_cate": False, "hidden": 32}
     if model == "caser":
@@ -89,6 +97,11 @@ NOTES = [
     "sigmoid of that score (not a calibrated CTR). lsdata's are CTR models trained on the labelled samples."),
     ("RecBole's DIEN and Caser also embed the user id; under the cut-time split every user is in one set only, so "
     "test users' embeddings are untrained."),
+    ("lsdata DIEN `matched` is RecBole 1.2.1's DIEN where lsdata has the knob (`matched()`): candidate embedding as "
+     "the attention query, scores / sqrt(32), head on [h'_T; e_a] with batch norm and SiLU (RecBole's `Dice`: its "
+     "alpha is a fixed zero tensor), linear 200-80 auxiliary MLP, aux_weight 0.5 (= RecBole's alpha 1, which averages "
+     "the auxiliary BCE over 2N terms). What stays different: RecBole's user-id embedding in the head and its "
+     "N(0, 1)-initialised AUGRU weights (lsdata: torch's GRU init)."),
     "RecBole GRU4Rec runs the GRU over all 300 padded positions (no packing); DIEN over the real steps.",
     ("A few train samples have an empty history (every earlier event shares the target's second): RecBole's "
     "GRU4Rec and DIEN fail on length 0, so those get length 1 over the padding item (run_recbole.py)."),

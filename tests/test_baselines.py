@@ -231,6 +231,53 @@ def test_dien_candidate_changes_the_augru_state():
     assert not torch.equal(b1, b2)
 
 
+RECBOLE_DIEN = {"att_query_proj": False, "att_scale": True, "head_input": "state", "aux_act": "none",
+                "head_act": "silu", "head_norm": "batch", "use_behavior": False, "aux_weight": 0.5}
+
+
+def test_dien_recbole_options_read_the_state_and_candidate_with_scaled_unprojected_attention():
+    """``head_input=state`` feeds [h'_T; e_a] (RecBole 1.2.1's head without e_u); ``att_scale`` divides the scores by
+    sqrt(h) before the softmax, the same as shrinking the score layer's weights by sqrt(h)."""
+    m = build("dien", MIMN_SPEC, **RECBOLE_DIEN).eval()
+    assert m.att.proj is None and m.head.net[0].in_features == m.emb.dim + m.p.hidden
+    batch = make_batch(lengths=[0, 3, L, 7, 1, 12])
+    with torch.no_grad():
+        logit = m(batch)[0]
+        x, mask, n, tgt = m.emb.seq(batch), None, batch["hist_len"].long(), m.emb.target(batch)
+        out, _, _ = run_rnn(m.gru, x, n)
+        mask = torch.arange(L)[None, :] >= (L - n)[:, None]
+        s = m.att.scores(tgt, out, mask) / m.p.hidden ** 0.5
+        a = torch.softmax(s.masked_fill(~mask, float("-inf")), -1).nan_to_num(0.0)
+        hn = augru(m.augru, out, a, mask, m.p.augru)
+        torch.testing.assert_close(logit, m.head(torch.cat([hn, tgt], -1)))
+        unscaled = build("dien", MIMN_SPEC, **{**RECBOLE_DIEN, "att_scale": False}).eval()
+        unscaled.load_state_dict(m.state_dict())
+        assert not torch.allclose(unscaled(batch)[0], logit)
+        unscaled.att.mlp[-1].weight /= m.p.hidden ** 0.5
+        torch.testing.assert_close(unscaled(batch)[0], logit)
+
+
+def test_dien_aux_act_none_is_a_linear_auxiliary_net_and_silu_is_recboles_dice():
+    m = build("dien", MIMN_SPEC, **RECBOLE_DIEN)
+    u, v = torch.randn(5, m.p.hidden + m.emb.dim), torch.randn(5, m.p.hidden + m.emb.dim)
+    with torch.no_grad():
+        torch.testing.assert_close(m.aux((u + v) / 2), (m.aux(u) + m.aux(v)) / 2)
+        sig = build("dien", MIMN_SPEC, **{**RECBOLE_DIEN, "aux_act": "sigmoid"})
+        assert not torch.allclose(sig.aux((u + v) / 2), (sig.aux(u) + sig.aux(v)) / 2)
+    # RecBole 1.2.1 Dice: alpha (a fixed zeros tensor) * (1 - sigmoid(s)) * s + sigmoid(s) * s
+    s = torch.randn(7, 80)
+    acts = [mod for mod in m.head.net if not isinstance(mod, (torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.Dropout))]
+    torch.testing.assert_close(acts[0](s), 0 * (1 - torch.sigmoid(s)) * s + torch.sigmoid(s) * s)
+
+
+def test_dien_recbole_options_train_every_parameter():
+    m = build("dien", MIMN_SPEC, **RECBOLE_DIEN).train()
+    logit, extra = m(make_batch(lengths=[0, 3, L, 7, 1, 12]))
+    (F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit)) + extra).backward()
+    dead = [k for k, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
 # ------------------------------------------------------------------------------------------------ DIN
 
 
@@ -308,7 +355,7 @@ VARIANTS = [
     ("dnn", {}), ("gru4rec", {}), ("svdpp", {}), ("svdpp", {"norm": "l1_matrix", "append_target": True}),
     ("lstm", {}), ("lstm", {"append_target": True}), ("arnn", {}), ("arnn", {"append_target": True}),
     ("din", {}), ("din", {"att_norm": "none"}), ("dien", {}), ("dien", {"append_target": True}),
-    ("dien", {"augru": "official", "att_norm": "sigmoid"}), ("caser", {}),
+    ("dien", {"augru": "official", "att_norm": "sigmoid"}), ("dien", RECBOLE_DIEN), ("caser", {}),
     ("caser", {"append_target": True, "h_act": "relu"}),
 ]
 

@@ -18,6 +18,7 @@ from lsdata.models.blocks import (
     BehaviorEmbedding,
     DINAttention,
     Head,
+    activation,
     caser_horizontal,
     front_mask,
     gru_step,
@@ -393,7 +394,18 @@ class DIENParams(ModelParams):
         0.0, ge=0.0,
         description="auxiliary next-behaviour loss weight (0 = HPMN-suite DIEN; 1 = DIEN paper; 2 = the DIEN repo's "
                     "1 against its 0.5-scaled main loss); > 0 needs --layout mimn")
-    aux_hidden: tuple[int, ...] = Field((100, 50), description="auxiliary net hidden sizes (sigmoid, as the DIEN repo)")
+    aux_hidden: tuple[int, ...] = Field((100, 50), description="auxiliary net hidden sizes")
+    aux_act: str = Field("sigmoid", description="auxiliary net hidden activation: sigmoid (DIEN repo) | none (a linear "
+                                                "net: RecBole 1.2.1) | any head_act")
+    att_query_proj: bool = Field(True, description="map the candidate to the hidden size with Linear + PReLU before "
+                                                    "attention (HPMN repo); false: the candidate embedding itself "
+                                                    "(DIEN/MIMN repos, RecBole; needs the embedding width == hidden)")
+    att_scale: bool = Field(False, description="divide the attention scores by sqrt(hidden) before the softmax "
+                                               "(RecBole 1.2.1's SequenceAttLayer)")
+    head_input: str = Field("pooled", pattern="^(pooled|state)$",
+                            description="head input without append_target: pooled = [e_a; pool e_t; e_a * pool e_t; "
+                                        "h'_T] (DIEN/MIMN repos without e_u) | state = [h'_T; e_a] (RecBole 1.2.1 "
+                                        "without its user-id embedding)")
 
 
 @register
@@ -408,7 +420,10 @@ class DIEN(CTRModel):
     DIEN/MIMN repos' input without ``e_u``; ``head_act=dice`` / ``prelu`` for their activations).
     The AUGRU convention is a parameter (``augru``): the paper's by default - with softmax weights
     ``a_t ~ 1/L`` the official cell is almost a plain GRU (models.md §13 g). AUGRU weights use PyTorch's
-    scaled GRU initialisation (RecBole#1483 left them ``randn``).
+    scaled GRU initialisation (RecBole#1483 left them ``randn``). RecBole 1.2.1's DIEN is
+    ``att_query_proj=false att_scale=true head_input=state head_act=silu head_norm=batch aux_act=none
+    aux_weight=0.5`` (its ``Dice`` computes SiLU; its alpha 1 averages the auxiliary BCE over 2N terms, half of
+    this loss); benchmarks/recbole_compare.py trains it so.
 
     Auxiliary loss (``aux_weight > 0``; DIEN paper/repo): for each real step ``t`` with a real next step,
     ``AuxNet([h_t; e_{t+1}])`` should say 1 and ``AuxNet([h_t; e~_{t+1}])`` 0, with ``e~`` the ``mimn``
@@ -431,15 +446,15 @@ class DIEN(CTRModel):
         self.emb = BehaviorEmbedding(spec, p)
         d, h = self.emb.dim, p.hidden
         self.gru = nn.GRU(d, h, batch_first=True)
-        self.att = DINAttention(d, h, p.att_hidden, p.att_act, query_proj=True, norm="softmax")
+        self.att = DINAttention(d, h, p.att_hidden, p.att_act, query_proj=p.att_query_proj, norm="softmax")
         self.augru = nn.GRUCell(h, h)
-        self.head = Head(h if p.append_target else 3 * d + h, p)
+        self.head = Head(h if p.append_target else (3 * d + h if p.head_input == "pooled" else d + h), p)
         self.aux = None
         if p.aux_weight > 0:
             layers: list[nn.Module] = [Affine(h + d)]
             w = h + d
             for k in p.aux_hidden:
-                layers += [nn.Linear(w, k), nn.Sigmoid()]
+                layers += [nn.Linear(w, k), activation(p.aux_act, k)]
                 w = k
             layers.append(nn.Linear(w, 1))
             self.aux = nn.Sequential(*layers)
@@ -448,10 +463,14 @@ class DIEN(CTRModel):
         x, mask, n, tgt = history(self.emb, batch, self.p.append_target)
         out, _, _ = run_rnn(self.gru, x, n)
         s = self.att.scores(tgt, out, mask)
+        if self.p.att_scale:
+            s = s / out.shape[-1] ** 0.5
         a = masked_softmax(s, mask) if self.p.att_norm == "softmax" else torch.sigmoid(s) * mask
         hn = augru(self.augru, out, a, mask, self.p.augru)
         if self.p.append_target:
             logit = self.head(hn)
+        elif self.p.head_input == "state":
+            logit = self.head(torch.cat([hn, tgt], -1))
         else:
             sm = pool(masked_sum(x, mask), n, self.p.pooling)
             logit = self.head(torch.cat([tgt, sm, tgt * sm, hn], -1))

@@ -190,11 +190,15 @@ class Dice(nn.Module):
 
 
 def activation(name: str, dim: int) -> nn.Module:
+    """An activation by name. ``silu`` is ``x sigmoid(x)``: what RecBole 1.2.1's ``Dice`` computes (its ``alpha``
+    is a fixed zero tensor, not a parameter, and it has no batch norm); ``none`` is the identity (a linear MLP,
+    RecBole's ``MLPLayers(activation='none')``)."""
     if name == "prelu":
         return nn.PReLU(dim, init=0.1)
     if name == "dice":
         return Dice(dim)
-    acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "sigmoid": nn.Sigmoid}
+    acts = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "sigmoid": nn.Sigmoid, "silu": nn.SiLU,
+            "none": nn.Identity}
     if name not in acts:
         raise ValueError(f"unknown activation {name!r}; choose from {', '.join([*acts, 'prelu', 'dice'])}")
     return acts[name]()
