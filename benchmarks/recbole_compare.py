@@ -53,6 +53,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from lsdata.models.baselines import RECBOLE_DIEN
+
 HERE = Path(__file__).resolve().parent
 LSDATA = [sys.executable, "-m", "lsdata.cli"]
 #: `lsdata` with torch's oneDNN (mkldnn) backend off, for --no-mkldnn (typer reads sys.argv[1:])
@@ -67,15 +69,10 @@ def matched(model: str, caser_len: int) -> tuple[list[str], dict]:
         return [], {**common, "att_hidden": [200, 80], "att_act": "sigmoid", "att_norm": "none", "head": [200, 80],
                     "head_act": "dice", "head_norm": "batch", "dropout": 0.0}
     if model == "dien":
-        # RecBole 1.2.1 DIEN: the candidate embedding itself as the attention query (item id + category = 32 =
-        # hidden), scores / sqrt(32) before the softmax, head [h'_T; e_a] (+ e_u, which lsdata has not) -> MLP
-        # with batch norm and RecBole's `Dice` (= SiLU: its alpha is a fixed zero tensor), a linear auxiliary MLP
-        # whose BCE is the mean over the 2N clicked + non-clicked slots (alpha 1 = lsdata's aux_weight 0.5: lsdata
-        # averages BCE(pos) + BCE(neg) over the N slots)
+        # RECBOLE_DIEN (see its comment) at RecBole's sizes: item id + category = 32 = hidden, so the candidate
+        # embedding can be the attention query; its e_u has no lsdata counterpart
         return ["--layout", "mimn"], {**common, "hidden": 32, "att_hidden": [200, 80], "att_act": "sigmoid",
-                                      "att_query_proj": False, "att_scale": True, "head_input": "state",
-                                      "head": [200, 80], "head_act": "silu", "head_norm": "batch", "dropout": 0.0,
-                                      "aux_weight": 0.5, "aux_hidden": [200, 80], "aux_act": "none"}
+                                      "head": [200, 80], "dropout": 0.0, "aux_hidden": [200, 80], **RECBOLE_DIEN}
     if model == "gru4rec":
         return [], {**common, "use_cate": False, "hidden": 32}
     if model == "caser":

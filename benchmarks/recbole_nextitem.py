@@ -107,8 +107,9 @@ NOTES = [
      "bias), RecBole runs a 128-unit GRU on dropped-out embeddings with a dense 128 -> 64 layer. lsdata has those "
      "knobs (`--set hidden=128 --set embed_dropout=0.3 --set dropout=0`), but with them its best validation "
      "NDCG@10 was lower (0.0568 / 0.0577 on seeds 1 / 2, vs 0.0625 / 0.0637 for the 64-unit GRU) and an epoch took "
-     "~55 s instead of ~25 s, so `matched` keeps the 64-unit GRU (chosen on validation, not test); lsdata Caser scores with its own output table + bias, RecBole adds "
-     "a dense layer and scores with the input table; lsdata STAMP has no biases in its MLPs (official), RecBole does; "
+     "~55 s instead of ~25 s, so `matched` keeps the 64-unit GRU (chosen on validation, not test); lsdata Caser "
+     "scores with its own output table + bias, RecBole adds a dense layer and scores with the input table; lsdata "
+     "STAMP has no biases in its MLPs (official), RecBole does; "
      "lsdata SHAN (reg 0) has disjoint long/short sets, RecBole's (reg [0.01, 1e-4], un-squared norms) lets the "
      "long-term set include the short one; lsdata Caser keeps the official weight decay 1e-6, RecBole regularises "
      "with reg_weight 1e-4."),

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from lsdata import models
 from lsdata.models.base import DataSpec
+from lsdata.models import baselines
 from lsdata.models.baselines import augru
 from lsdata.models.blocks import run_rnn
 
@@ -231,8 +232,7 @@ def test_dien_candidate_changes_the_augru_state():
     assert not torch.equal(b1, b2)
 
 
-RECBOLE_DIEN = {"att_query_proj": False, "att_scale": True, "head_input": "state", "aux_act": "none",
-                "head_act": "silu", "head_norm": "batch", "use_behavior": False, "aux_weight": 0.5}
+RECBOLE_DIEN = {**baselines.RECBOLE_DIEN, "use_behavior": False}
 
 
 def test_dien_recbole_options_read_the_state_and_candidate_with_scaled_unprojected_attention():
@@ -243,8 +243,8 @@ def test_dien_recbole_options_read_the_state_and_candidate_with_scaled_unproject
     batch = make_batch(lengths=[0, 3, L, 7, 1, 12])
     with torch.no_grad():
         logit = m(batch)[0]
-        x, mask, n, tgt = m.emb.seq(batch), None, batch["hist_len"].long(), m.emb.target(batch)
-        out, _, _ = run_rnn(m.gru, x, n)
+        n, tgt = batch["hist_len"].long(), m.emb.target(batch)
+        out, _, _ = run_rnn(m.gru, m.emb.seq(batch), n)
         mask = torch.arange(L)[None, :] >= (L - n)[:, None]
         s = m.att.scores(tgt, out, mask) / m.p.hidden ** 0.5
         a = torch.softmax(s.masked_fill(~mask, float("-inf")), -1).nan_to_num(0.0)

@@ -72,7 +72,7 @@ class ModelParams(BaseModel):
     hidden: int = Field(32, ge=1, description="RNN / memory hidden size (h)")
     head: tuple[int, ...] = Field((200, 80), description="hidden sizes of the prediction MLP")
     head_act: str = Field("tanh", description="head activation: tanh | relu | elu | prelu | sigmoid | dice | silu "
-                                               "(RecBole 1.2.1's `Dice`, see blocks.activation)")
+                                               "(RecBole 1.2.1's `Dice`, see blocks.activation) | none")
     pooling: Literal["mean", "sum"] = Field(
         "mean", description="pooling of the history's embeddings where a model feeds it to its head (DNN, DIN, DIEN, "
         "MIMN): mean (default, fixed on purpose) or sum (the reference repos). A sum grows with the history length, "

@@ -408,6 +408,13 @@ class DIENParams(ModelParams):
                                         "without its user-id embedding)")
 
 
+#: RecBole 1.2.1's DIEN as `dien` parameters (benchmarks/recbole_compare.py adds its sizes): the candidate embedding
+#: as the attention query with scores / sqrt(h), head on [h'_T; e_a] with training-mode batch norm and SiLU (its
+#: `Dice`), a linear auxiliary net whose BCE is a mean over 2N terms (its alpha 1 = aux_weight 0.5 here)
+RECBOLE_DIEN: dict[str, object] = {"att_query_proj": False, "att_scale": True, "head_input": "state", "head_act": "silu",
+                                   "head_norm": "batch", "aux_act": "none", "aux_weight": 0.5}
+
+
 @register
 class DIEN(CTRModel):
     """Deep Interest Evolution Network (models.md §13): GRU extractor -> target attention -> AUGRU.
@@ -420,10 +427,9 @@ class DIEN(CTRModel):
     DIEN/MIMN repos' input without ``e_u``; ``head_act=dice`` / ``prelu`` for their activations).
     The AUGRU convention is a parameter (``augru``): the paper's by default - with softmax weights
     ``a_t ~ 1/L`` the official cell is almost a plain GRU (models.md §13 g). AUGRU weights use PyTorch's
-    scaled GRU initialisation (RecBole#1483 left them ``randn``). RecBole 1.2.1's DIEN is
-    ``att_query_proj=false att_scale=true head_input=state head_act=silu head_norm=batch aux_act=none
-    aux_weight=0.5`` (its ``Dice`` computes SiLU; its alpha 1 averages the auxiliary BCE over 2N terms, half of
-    this loss); benchmarks/recbole_compare.py trains it so.
+    scaled GRU initialisation (RecBole#1483 left them ``randn``). RecBole 1.2.1's DIEN is :data:`RECBOLE_DIEN`
+    (its ``Dice`` computes SiLU; its alpha 1 averages the auxiliary BCE over 2N terms, half of this loss);
+    benchmarks/recbole_compare.py trains it so.
 
     Auxiliary loss (``aux_weight > 0``; DIEN paper/repo): for each real step ``t`` with a real next step,
     ``AuxNet([h_t; e_{t+1}])`` should say 1 and ``AuxNet([h_t; e~_{t+1}])`` 0, with ``e~`` the ``mimn``

@@ -119,6 +119,16 @@ def _zero(ref: Tensor) -> Tensor:
     return torch.zeros((), device=ref.device, dtype=torch.float32)
 
 
+def glorot_tables(*tables: nn.Embedding) -> None:
+    """Glorot-uniform ``U(±√(6 / (rows + d)))`` per table (the official SASRec and GRU4Rec initialisation), with
+    the ``padding_idx`` row of a table that has one set to zeros."""
+    for t in tables:
+        nn.init.xavier_uniform_(t.weight)
+        if t.padding_idx is not None:
+            with torch.no_grad():
+                t.weight[t.padding_idx].zero_()
+
+
 class SASBlock(nn.Module):
     """One official SASRec block: only the queries are layer-normalised, the residual adds them; the feed-forward
     is ``d -> ffn -> d`` (official: ``ffn = d``)."""
@@ -189,10 +199,7 @@ class SASRec(NextItemModel):
         self.drop = nn.Dropout(p.dropout)
         self.blocks = nn.ModuleList(SASBlock(d, p.heads, p.dropout, p.ffn_dim) for _ in range(p.blocks))
         self.ln = nn.LayerNorm(d, eps=1e-8)
-        for table in (self.item, self.pos):
-            nn.init.xavier_uniform_(table.weight)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
+        glorot_tables(self.item, self.pos)
 
     def encode_seq(self, batch):
         s = batch["hist_item"].long()
@@ -243,9 +250,7 @@ class GRU4RecNext(NextItemModel):
         super().__init__(spec, params)
         d, h = params.emb_dim, params.hidden or params.emb_dim
         self.item = nn.Embedding(spec.n_items + 1, d, padding_idx=0)
-        nn.init.xavier_uniform_(self.item.weight)  # official init_parameter_matrix: U(±√(6 / (N + d)))
-        with torch.no_grad():
-            self.item.weight[0].zero_()
+        glorot_tables(self.item)  # official init_parameter_matrix: U(±√(6 / (N + d)))
         self.bias = nn.Parameter(torch.zeros(spec.n_items + 1))
         self.embed_drop = nn.Dropout(params.embed_dropout)
         self.gru = nn.GRU(d, h, batch_first=True)
