@@ -19,6 +19,16 @@ Every row is also split into test targets that are interest items (the planted `
 CPU; every model trains one target per sample (``--targets last``; for ``dman`` instead of its all-position
 default, which allows no stride), so all see the same training targets.
 Writes ``benchmarks/results/longdep_next.json`` and prints a markdown table.
+
+``--generator contextual`` (:mod:`lsdata.synth.contextual`): the long-range rule governs ordinary positions (a
+response to a recurring context shows the user's fixed option for it, last shown ~120 events earlier), so
+training, validation and test targets all follow it; the oracle is that module's Bayes rule (the option visible in
+the window, if any), the "interest targets" are the responses that show an option (27% of targets), and an extra
+row ranks by the full history. Models with a per-position encoder (sasrec, dman, gru4rec_next) train on every
+position (``--targets all``, ``--stride`` ignored), the others on every ``--stride``-th one; all with the full
+softmax (``--loss ce``). Writes ``benchmarks/results/longdep_next_contextual.json``::
+
+    python benchmarks/longdep_next.py --generator contextual --epochs 10 --patience 3 --stride 50 --threads 1
 """
 
 from __future__ import annotations
@@ -46,19 +56,32 @@ RUNS = {
     ("sdm", "short"): ["--set", "short_len=20"],
     ("gru4rec_next", "short"): [],
 }
+#: all-position training with batches of 16 windows (4,800 targets at L 300: the default 128 windows gave 40 steps
+#: per epoch on 2,000 users and no learning in 3 epochs)
+ALL = ["--targets", "all", "--batch-size", "16"]
+#: ``--generator contextual``: the rule governs ordinary positions, so models with a per-position encoder train on every
+#: position (``--targets all``, no stride) and the others on every ``--stride``-th one; full softmax for all
+#: (``--loss ce``) so that a few CPU epochs suffice
+CONTEXTUAL_RUNS = {
+    (m, w): ["--loss", "ce", *extra, *(["--set", f"seg_len={50 if w == 'long' else 10}"] if m == "dman" else [])]
+    for w in ("long", "short")
+    for m, extra in (("sasrec", ALL), ("dman", ALL), ("gru4rec_next", ALL), ("hpmn_next", []), ("sdm", ["--set", "short_len=20"]))
+}
 
 
 def sh(*args: str) -> None:
     subprocess.run(["lsdata", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def prepare(work: Path, users: int, seed: int) -> Path:
-    from lsdata.synth import longdep
+def prepare(work: Path, users: int, seed: int, generator: str = "longdep") -> Path:
+    import importlib
 
-    raw = work / f"longdep_{users}_{seed}.csv"
-    data = work / f"longdep_next_{users}_{seed}"
+    gen = importlib.import_module(f"lsdata.synth.{generator}")
+    stem = "longdep" if generator == "longdep" else f"longdep_{generator}"
+    raw = work / f"{stem}_{users}_{seed}.csv"
+    data = work / f"{stem.replace('longdep', 'longdep_next')}_{users}_{seed}"
     if not (data / "split" / "report.json").exists():
-        longdep.generate(raw, users=users, seed=seed)
+        gen.generate(raw, users=users, seed=seed)
         shutil.rmtree(data, ignore_errors=True)
         sh("ingest", "taobao", str(raw), "--out", str(data))
         sh("split", str(data), "--method", "loo")
@@ -89,11 +112,11 @@ def with_split(above: np.ndarray, ties: np.ndarray, interest: np.ndarray) -> dic
             "noise_targets": expected_metrics(above[~interest], ties[~interest])}
 
 
-def references(data: Path, windows: tuple[int, int]) -> dict:
+def references(data: Path, windows: tuple[int, int], generator: str = "longdep") -> dict:
     """Split checks, oracle per window and popularity, on the test targets."""
     from lsdata.dataset import open_dataset
     from lsdata.nextitem import build_index, load_sequences, split_protocol
-    from lsdata.synth import longdep
+    from lsdata.synth import contextual, longdep
 
     ds = open_dataset(data)
     seq = load_sequences(ds)
@@ -101,12 +124,12 @@ def references(data: Path, windows: tuple[int, int]) -> dict:
     idx = build_index(seq, method, cut, vcut, 1, 1)
     test, valid, train = idx["test"], idx["valid"], idx["train"]
     last = seq.offsets[1:] - 1
-    model = longdep.model_for_dataset(data)
+    model = contextual.model_for_dataset(data) if generator == "contextual" else longdep.model_for_dataset(data)
     n_items = model.n_items
     cate_of = np.zeros(n_items + 1, dtype=np.int64)
     cate_of[seq.item] = seq.cate
     assert (cate_of[seq.item] == seq.cate).all(), "an item with two categories"
-    interest_item = model.interest[cate_of]
+    interest_item = (model.kind[cate_of] == contextual.INTEREST) if generator == "contextual" else model.interest[cate_of]
     checks = {
         "method": method, "users": int(seq.user.size), "test_targets": len(test),
         "test_target_is_last_event": bool(np.array_equal(np.sort(test.target), last)),
@@ -119,29 +142,49 @@ def references(data: Path, windows: tuple[int, int]) -> dict:
     interest = interest_item[tgt]
     items = np.arange(n_items + 1)
     out = {"checks": checks}
-    pos_interest = np.where(model.interest[seq.cate], np.arange(seq.cate.size), -1)
-    latest_pos = np.maximum.accumulate(pos_interest)  # per flat position: latest interest event at or before it
-    # training targets a long window can predict and a short one cannot: an interest item whose category is the
-    # latest interest category of the last `long` history events, with no interest event in the last `short`
-    lp = latest_pos[np.maximum(train.hist_end - 1, 0)]
-    tstart = seq.offsets[:-1][train.row]
-    gap = train.hist_end - lp  # 1 = the event just before the target
-    seen = (lp >= tstart) & (train.hist_end > tstart)
-    same = seen & (seq.cate[np.maximum(lp, 0)] == seq.cate[train.target])
-    checks["train_long_only_signal_share"] = float((same & (gap > windows[1]) & (gap <= windows[0])).mean())
-    checks["train_short_signal_share"] = float((same & (gap <= windows[1])).mean())
-    start = seq.offsets[:-1][test.row]
-    for w in windows:
-        lp = latest_pos[test.hist_end - 1]
-        visible = (lp >= np.maximum(start, test.hist_end - w)) & (test.hist_end > start)
-        latest = np.where(visible, seq.cate[np.maximum(lp, 0)], 0)
-        above, ties = [], []
+    starts = seq.offsets[:-1]
+    if generator == "contextual":
+        def probability(rows, target, w):  # P_target over all items, [len(target), n_items + 1]
+            x, k = contextual.history_state(seq.cate, model, starts[rows], target, w)
+            return contextual.target_probability(x[:, None], k[:, None], items[None, :], cate_of[None, :], model)
+
+        # training targets a long window can predict and a short one cannot: interest items (responses showing the
+        # user's option) whose option the long window shows and the short one does not
+        tr_long = contextual.history_state(seq.cate, model, starts[train.row], train.target, windows[0])[1] > 0
+        tr_short = contextual.history_state(seq.cate, model, starts[train.row], train.target, windows[1])[1] > 0
+        tr_int = interest_item[seq.item[train.target]]
+        checks["train_long_only_signal_share"] = float((tr_int & tr_long & ~tr_short).mean())
+        checks["train_short_signal_share"] = float((tr_int & tr_short).mean())
+    else:
+        pos_interest = np.where(model.interest[seq.cate], np.arange(seq.cate.size), -1)
+        latest_pos = np.maximum.accumulate(pos_interest)  # per flat position: latest interest event at or before it
+
+        def probability(rows, target, w):  # P_target given the latest interest category in the window
+            lp = latest_pos[np.maximum(target - 1, 0)]
+            visible = (lp >= np.maximum(starts[rows], target - w)) & (target > starts[rows])
+            latest = np.where(visible, seq.cate[np.maximum(lp, 0)], 0)
+            return longdep.target_probability(latest[:, None], items[None, :], cate_of[None, :], model)
+
+        # training targets a long window can predict and a short one cannot: an interest item whose category is the
+        # latest interest category of the last `long` history events, with no interest event in the last `short`
+        lp = latest_pos[np.maximum(train.hist_end - 1, 0)]
+        tstart = starts[train.row]
+        gap = train.hist_end - lp  # 1 = the event just before the target
+        seen = (lp >= tstart) & (train.hist_end > tstart)
+        same = seen & (seq.cate[np.maximum(lp, 0)] == seq.cate[train.target])
+        checks["train_long_only_signal_share"] = float((same & (gap > windows[1]) & (gap <= windows[0])).mean())
+        checks["train_short_signal_share"] = float((same & (gap <= windows[1])).mean())
+    for w in (None, *windows, *((1,) if generator == "contextual" else ())):  # window 1: the context, no memory
+        above, ties, nll = [], [], []
         for s in range(0, len(tgt), 500):
-            p = longdep.target_probability(latest[s:s + 500, None], items[None, :], cate_of[None, :], model)
+            p = probability(test.row[s:s + 500], test.hist_end[s:s + 500], w if w is not None else 1 << 62)
             a, t = score_ranks(p, tgt[s:s + 500])
             above.append(a)
             ties.append(t)
-        out[f"oracle_w{w}"] = with_split(np.concatenate(above), np.concatenate(ties), interest)
+            nll.append(-np.log(p[np.arange(len(a)), tgt[s:s + 500]] / p[:, 1:].sum(1)))
+        key = "oracle_full" if w is None else f"oracle_w{w}"
+        out[key] = with_split(np.concatenate(above), np.concatenate(ties), interest)
+        out[key]["all"]["cross_entropy"] = float(np.concatenate(nll).mean())  # the full-softmax loss it attains
     pop = np.bincount(seq.item[train.target], minlength=n_items + 1).astype(np.float64)
     a, t = score_ranks(np.broadcast_to(pop, (1, n_items + 1)).repeat(len(tgt), 0), tgt)
     out["popularity"] = with_split(a, t, interest)
@@ -153,7 +196,8 @@ def train(model: str, data: Path, out: Path, width: int, extra: list[str], a: ar
     cmd = ["lsdata", "train", model, str(data), "--out", str(out), "--epochs", str(a.epochs), "--patience",
            str(a.patience), "--threads", str(a.threads), "--device", "cpu", "--seed", str(a.train_seed),
            "--set", f"max_len={width}", *extra]
-    cmd += ["--stride", str(a.stride)]
+    if "all" not in extra:  # --targets all predicts every position (no stride)
+        cmd += ["--stride", str(a.stride)]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -182,6 +226,9 @@ def split_metrics(run_dir: Path, interest: np.ndarray) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/lsdata-bench-longdep-next"))
+    ap.add_argument("--generator", choices=("longdep", "contextual"), default="longdep",
+                    help="longdep: the rule plants each user's last event (the CTR generator); contextual: "
+                    "lsdata.synth.contextual, the rule governs a third of all positions")
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0, help="generator seed")
     ap.add_argument("--train-seed", type=int, default=1)
@@ -197,13 +244,13 @@ def main() -> None:
     import torch
 
     a.work.mkdir(parents=True, exist_ok=True)
-    data = prepare(a.work, a.users, a.seed)
-    ref = references(data, (a.long, a.short))
+    data = prepare(a.work, a.users, a.seed, a.generator)
+    ref = references(data, (a.long, a.short), a.generator)
     interest = ref.pop("interest")
     print(json.dumps(ref, indent=1), flush=True)
     only = set(filter(None, a.runs.split(",")))
     rows = []
-    for (model, which), extra in RUNS.items():
+    for (model, which), extra in (CONTEXTUAL_RUNS if a.generator == "contextual" else RUNS).items():
         if only and f"{model}:{which}" not in only:
             continue
         width = a.long if which == "long" else a.short
@@ -213,7 +260,7 @@ def main() -> None:
             r.update(split_metrics(out, interest))
         rows.append(r)
         print(json.dumps(r), flush=True)
-    out = HERE / "results" / "longdep_next.json"
+    out = HERE / "results" / ("longdep_next.json" if a.generator == "longdep" else f"longdep_next_{a.generator}.json")
     if only and out.exists():  # a partial rerun replaces its own rows, keeps the others
         done = {(r["model"], r["window"]) for r in rows}
         rows = [r for r in json.loads(out.read_text())["rows"] if (r["model"], r["window"]) not in done] + rows
@@ -225,14 +272,17 @@ def main() -> None:
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other work), "
                          f"{'a GPU' if torch.cuda.is_available() else 'no GPU'} (runs use --device cpu), "
                          f"python {platform.python_version()}, torch {torch.__version__}",
-              "users": a.users, "seed": a.seed, "references": ref, "rows": rows}
+              "generator": a.generator, "users": a.users, "seed": a.seed, "references": ref, "rows": rows}
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print("\n| model | window | test NDCG@10 | test HR@10 | HR@10 interest targets | HR@10 noise targets | epochs | "
           "train samples | s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, key in ((f"oracle (Bayes, window {a.long})", f"oracle_w{a.long}"),
-                      (f"oracle (Bayes, window {a.short})", f"oracle_w{a.short}"), ("popularity (train targets)", "popularity")):
+    for name, key in (("oracle (Bayes, full history)", "oracle_full"), (f"oracle (Bayes, window {a.long})", f"oracle_w{a.long}"),
+                      (f"oracle (Bayes, window {a.short})", f"oracle_w{a.short}"), ("oracle (Bayes, window 1)", "oracle_w1"),
+                      ("popularity (train targets)", "popularity")):
+        if key not in ref:
+            continue
         m = ref[key]
         print(f"| {name} | | {m['all']['ndcg@10']:.4f} | {m['all']['hr@10']:.4f} | {m['interest_targets']['hr@10']:.4f} | "
               f"{m['noise_targets']['hr@10']:.4f} | | | |")

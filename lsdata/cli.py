@@ -44,6 +44,7 @@ class GenFormat(str, Enum):
     amazon = "amazon"
     xlong = "xlong"
     longdep = "longdep"
+    contextual = "contextual"
 
 
 class Method(str, Enum):
@@ -305,11 +306,13 @@ def validate(
 
 @app.command()
 def generate(
-    dataset: Annotated[GenFormat, typer.Argument(help="Format to generate: taobao, amazon, xlong, or longdep (Taobao format with "
-                                                  "planted long-range structure and a known Bayes-optimal rule, lsdata/synth/longdep.py).")],
-    out: Annotated[Path, typer.Argument(help="Output file (taobao, longdep) or directory (amazon, xlong).")],
+    dataset: Annotated[GenFormat, typer.Argument(help="Format to generate: taobao, amazon, xlong, longdep (Taobao format with "
+                                                  "planted long-range structure and a known Bayes-optimal rule for CTR, "
+                                                  "lsdata/synth/longdep.py) or contextual (Taobao format, a long-range rule "
+                                                  "for next-item prediction at ordinary positions, lsdata/synth/contextual.py).")],
+    out: Annotated[Path, typer.Argument(help="Output file (taobao, longdep, contextual) or directory (amazon, xlong).")],
     rows: Annotated[int, typer.Option(help="taobao: number of rows.")] = 100_000,
-    users: Annotated[int, typer.Option(help="amazon/xlong/longdep: number of users.")] = 200,
+    users: Annotated[int, typer.Option(help="amazon/xlong/longdep/contextual: number of users.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     bad_rate: Annotated[float, typer.Option(help="taobao: share of lines replaced by malformed ones.")] = 0.0,
 ) -> None:
@@ -324,6 +327,10 @@ def generate(
             from lsdata.synth import longdep
 
             paths = [longdep.generate(out, users=users, seed=seed)]
+        elif dataset is GenFormat.contextual:
+            from lsdata.synth import contextual
+
+            paths = [contextual.generate(out, users=users, seed=seed)]
         elif dataset is GenFormat.amazon:
             from lsdata.synth import amazon
 

@@ -201,7 +201,7 @@ def _segment_starts(counts: np.ndarray) -> np.ndarray:
     return np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
 
 
-def _block(rng: np.random.Generator, n: int, p: dict, cat: Catalogue, cdf: np.ndarray, rr: np.ndarray, seen: np.ndarray):
+def _block(rng: np.random.Generator, n: int, p: dict, cat: Catalogue, cdf: np.ndarray, rr: np.ndarray):
     """One block of ``n`` users: flat (user index, item index, behaviour index, ts) arrays."""
     k, m = int(p["interest_categories"]), int(p["items_per_interest"])
     ri = lambda lo, hi, size: rng.integers(int(lo), int(hi) + 1, size=size)  # inclusive bounds
@@ -241,7 +241,17 @@ def _block(rng: np.random.Generator, n: int, p: dict, cat: Catalogue, cdf: np.nd
     last = off + length - 1
     interest_target = rng.random(n) < float(p["rho"])
     item[last] = np.where(interest_target, cur * m + rng.integers(0, m, size=n), item[last])
-    seen[item] = True
+    beh, ts = behaviours_and_times(rng, length)
+    return np.repeat(np.arange(n), length), item, beh, ts
+
+
+def behaviours_and_times(rng: np.random.Generator, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Behaviour indices and strictly increasing timestamps for users with ``length`` events each (flat, users in
+    order): behaviours i.i.d. from :data:`BEHAVIOR_P`; a user's events span ``D ~ U[0.2, 0.9] * window`` (at least
+    ``L`` seconds) placed uniformly in :data:`lsdata.defaults.TAOBAO_WINDOW`, with exponential spacings."""
+    n, total = length.size, int(length.sum())
+    off = _segment_starts(length)
+    last = off + length - 1
     beh = rng.choice(BEHAVIORS.size, size=total, p=BEHAVIOR_P)
     # strictly increasing times: start + floor(frac * (D - L)) + position
     lo, hi = TAOBAO_WINDOW
@@ -255,30 +265,27 @@ def _block(rng: np.random.Generator, n: int, p: dict, cat: Catalogue, cdf: np.nd
     frac = cs / np.repeat(cs[last], length)
     pos = np.arange(total, dtype=np.int64) - np.repeat(off, length)
     ts = np.repeat(t0, length) + np.floor(frac * np.repeat(dur - length, length)).astype(np.int64) + pos
-    return np.repeat(np.arange(n), length), item, beh, ts
+    return beh, ts
 
 
-def generate(path: str | Path, users: int = 20_000, seed: int = 0, block_users: int = 20_000, **params) -> Path:
-    """Write ``users`` users (one target each) to ``path`` plus a ``.synthetic.json`` sidecar; returns ``path``.
+def write_blocks(path: str | Path, users: int, block_users: int, cat: Catalogue, make_block) -> tuple[Path, int, np.ndarray]:
+    """Write ``users`` users in blocks of ``block_users`` to ``path`` atomically (temp file, then rename).
 
-    ``params`` override :data:`DEFAULTS` (see the module docstring). Memory is bounded by ``block_users``.
-    """
-    p = resolve(params)
+    ``make_block(n)`` returns flat ``(user index in block, catalogue item index, behaviour index, ts)`` arrays for
+    ``n`` users; raw user ids are numbered ``1..users`` in block order. Returns ``(path, rows, seen)``, ``seen[i]``
+    telling whether catalogue item ``i`` occurs in the file."""
     if users < 1:
         raise ValueError("users must be >= 1")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cat = catalogue(p, seed)
-    cdf = np.cumsum(cat.p_noise)
-    rr = np.zeros(int(p["interest_categories"]), dtype=np.int64)
     seen = np.zeros(cat.item_raw.size, dtype=bool)
-    rng = np.random.default_rng(seed)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     rows = 0
     with open(tmp, "wb") as f:
         for b0 in range(0, users, block_users):
             n = min(block_users, users - b0)
-            u, item, beh, ts = _block(rng, n, p, cat, cdf, rr, seen)
+            u, item, beh, ts = make_block(n)
+            seen[item] = True
             pl.DataFrame(
                 {
                     "u": (u + b0 + 1).astype(np.int64),
@@ -290,6 +297,20 @@ def generate(path: str | Path, users: int = 20_000, seed: int = 0, block_users: 
             ).write_csv(f, include_header=False)
             rows += item.size
     os.replace(tmp, path)
+    return path, rows, seen
+
+
+def generate(path: str | Path, users: int = 20_000, seed: int = 0, block_users: int = 20_000, **params) -> Path:
+    """Write ``users`` users (one target each) to ``path`` plus a ``.synthetic.json`` sidecar; returns ``path``.
+
+    ``params`` override :data:`DEFAULTS` (see the module docstring). Memory is bounded by ``block_users``.
+    """
+    p = resolve(params)
+    cat = catalogue(p, seed)
+    cdf = np.cumsum(cat.p_noise)
+    rr = np.zeros(int(p["interest_categories"]), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    path, rows, seen = write_blocks(path, users, block_users, cat, lambda n: _block(rng, n, p, cat, cdf, rr))
     side = {
         **p, "seed": seed, "users": users, "block_users": block_users, "rows": rows,
         "items": int(cat.item_raw.size), "categories": int(cat.cate_raw.size),
@@ -304,13 +325,14 @@ def generate(path: str | Path, users: int = 20_000, seed: int = 0, block_users: 
     return path
 
 
-def read_params(path: str | Path) -> dict:
-    """The parameters recorded in ``path.synthetic.json`` (``path`` may also be the sidecar itself)."""
+def read_params(path: str | Path, generators: tuple[str, ...] = (GENERATOR,)) -> dict:
+    """The parameters recorded in ``path.synthetic.json`` (``path`` may also be the sidecar itself), checking that
+    one of ``generators`` wrote it."""
     path = Path(path)
     side = path if path.name.endswith(".synthetic.json") else Path(str(path) + ".synthetic.json")
     doc = json.loads(side.read_text())
-    if doc.get("generator") != GENERATOR:
-        raise ValueError(f"{side}: not written by {GENERATOR}")
+    if doc.get("generator") not in generators:
+        raise ValueError(f"{side}: not written by {' or '.join(generators)}")
     return doc["params"]
 
 
@@ -331,6 +353,26 @@ class Model:
     neg_ratio: float = 0.5
 
 
+def catalogue_index(root: str | Path, cat) -> tuple[pl.DataFrame, np.ndarray, pl.DataFrame, np.ndarray]:
+    """``(item vocab, item catalogue index per vocab row, category vocab, category catalogue index per row)`` of an
+    ingested dataset, matching raw ids against ``cat.item_raw`` / ``cat.cate_raw``; a raw id the catalogue lacks is
+    an error (the dataset was generated with other parameters or seed)."""
+    root = Path(root)
+    vi = pl.read_parquet(root / "vocab" / "item.parquet", columns=["id", "raw"])
+    vc = pl.read_parquet(root / "vocab" / "cate.parquet", columns=["id", "raw"])
+
+    def index_of(raw_vocab: pl.Series, raw_cat: np.ndarray, what: str) -> np.ndarray:
+        raw = raw_vocab.cast(pl.Int64).to_numpy()
+        srt = np.argsort(raw_cat)
+        j = np.searchsorted(raw_cat, raw, sorter=srt)
+        j = srt[np.minimum(j, raw_cat.size - 1)]
+        if not np.array_equal(raw_cat[j], raw):
+            raise ValueError(f"{root}: {what} vocabulary does not match the generator's catalogue (wrong params/seed?)")
+        return j
+
+    return vi, index_of(vi["raw"], cat.item_raw, "item"), vc, index_of(vc["raw"], cat.cate_raw, "category")
+
+
 def model_for_dataset(root: str | Path, params: dict | None = None) -> Model:
     """Map the generator's catalogue onto an ingested dataset's vocabularies.
 
@@ -346,20 +388,7 @@ def model_for_dataset(root: str | Path, params: dict | None = None) -> Model:
         params = read_params(src)
     p = resolve({k: v for k, v in params.items() if k in DEFAULTS})
     cat = catalogue(p, int(params["seed"]))
-    vi = pl.read_parquet(root / "vocab" / "item.parquet", columns=["id", "raw"])
-    vc = pl.read_parquet(root / "vocab" / "cate.parquet", columns=["id", "raw"])
-
-    def index_of(raw_vocab: pl.Series, raw_cat: np.ndarray, what: str) -> np.ndarray:
-        raw = raw_vocab.cast(pl.Int64).to_numpy()
-        srt = np.argsort(raw_cat)
-        j = np.searchsorted(raw_cat, raw, sorter=srt)
-        j = srt[np.minimum(j, raw_cat.size - 1)]
-        if not np.array_equal(raw_cat[j], raw):
-            raise ValueError(f"{root}: {what} vocabulary does not match the generator's catalogue (wrong params/seed?)")
-        return j
-
-    ii = index_of(vi["raw"], cat.item_raw, "item")
-    ci = index_of(vc["raw"], cat.cate_raw, "category")
+    vi, ii, vc, ci = catalogue_index(root, cat)
     k = int(p["interest_categories"])
     interest = np.zeros(vc.height + 1, dtype=bool)
     interest[vc["id"].to_numpy()] = ci < k
