@@ -74,14 +74,13 @@ def sh(*args: str) -> None:
 
 
 def prepare(work: Path, users: int, seed: int, generator: str = "longdep") -> Path:
-    import importlib
+    from lsdata.synth import contextual, longdep
 
-    gen = importlib.import_module(f"lsdata.synth.{generator}")
-    stem = "longdep" if generator == "longdep" else f"longdep_{generator}"
-    raw = work / f"{stem}_{users}_{seed}.csv"
-    data = work / f"{stem.replace('longdep', 'longdep_next')}_{users}_{seed}"
+    tag = "" if generator == "longdep" else f"_{generator}"
+    raw = work / f"longdep{tag}_{users}_{seed}.csv"
+    data = work / f"longdep_next{tag}_{users}_{seed}"
     if not (data / "split" / "report.json").exists():
-        gen.generate(raw, users=users, seed=seed)
+        {"longdep": longdep, "contextual": contextual}[generator].generate(raw, users=users, seed=seed)
         shutil.rmtree(data, ignore_errors=True)
         sh("ingest", "taobao", str(raw), "--out", str(data))
         sh("split", str(data), "--method", "loo")
@@ -143,10 +142,15 @@ def references(data: Path, windows: tuple[int, int], generator: str = "longdep")
     items = np.arange(n_items + 1)
     out = {"checks": checks}
     starts = seq.offsets[:-1]
+    # per window: `state(w)` summarises each test target's visible history once; `probability(st, sl)` is P_target
+    # over all items for the targets in slice `sl`, [targets, n_items + 1]
     if generator == "contextual":
-        def probability(rows, target, w):  # P_target over all items, [len(target), n_items + 1]
-            x, k = contextual.history_state(seq.cate, model, starts[rows], target, w)
-            return contextual.target_probability(x[:, None], k[:, None], items[None, :], cate_of[None, :], model)
+        def state(w):  # (x, k): the previous event's context, the option visible in the window
+            return contextual.history_state(seq.cate, model, starts[test.row], test.hist_end, w)
+
+        def probability(st, sl):
+            x, k = st[0][sl, None], st[1][sl, None]
+            return contextual.target_probability(x, k, items[None, :], cate_of[None, :], model)
 
         # training targets a long window can predict and a short one cannot: interest items (responses showing the
         # user's option) whose option the long window shows and the short one does not
@@ -159,11 +163,14 @@ def references(data: Path, windows: tuple[int, int], generator: str = "longdep")
         pos_interest = np.where(model.interest[seq.cate], np.arange(seq.cate.size), -1)
         latest_pos = np.maximum.accumulate(pos_interest)  # per flat position: latest interest event at or before it
 
-        def probability(rows, target, w):  # P_target given the latest interest category in the window
+        def state(w):  # the latest interest category in the window (0 = none)
+            target, start = test.hist_end, starts[test.row]
             lp = latest_pos[np.maximum(target - 1, 0)]
-            visible = (lp >= np.maximum(starts[rows], target - w)) & (target > starts[rows])
-            latest = np.where(visible, seq.cate[np.maximum(lp, 0)], 0)
-            return longdep.target_probability(latest[:, None], items[None, :], cate_of[None, :], model)
+            visible = (lp >= np.maximum(start, target - w)) & (target > start)
+            return np.where(visible, seq.cate[np.maximum(lp, 0)], 0)
+
+        def probability(st, sl):
+            return longdep.target_probability(st[sl, None], items[None, :], cate_of[None, :], model)
 
         # training targets a long window can predict and a short one cannot: an interest item whose category is the
         # latest interest category of the last `long` history events, with no interest event in the last `short`
@@ -176,8 +183,9 @@ def references(data: Path, windows: tuple[int, int], generator: str = "longdep")
         checks["train_short_signal_share"] = float((same & (gap <= windows[1])).mean())
     for w in (None, *windows, *((1,) if generator == "contextual" else ())):  # window 1: the context, no memory
         above, ties, nll = [], [], []
+        st = state(w if w is not None else 1 << 62)
         for s in range(0, len(tgt), 500):
-            p = probability(test.row[s:s + 500], test.hist_end[s:s + 500], w if w is not None else 1 << 62)
+            p = probability(st, slice(s, s + 500))
             a, t = score_ranks(p, tgt[s:s + 500])
             above.append(a)
             ties.append(t)
