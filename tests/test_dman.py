@@ -77,6 +77,51 @@ def test_main_loss_never_trains_the_abstraction_and_l_rec_trains_only_it():
     assert {n for n, g in grads.items() if g is not None and g.abs().sum() > 0} == routing
 
 
+@pytest.mark.parametrize("c", [0.05, 1.0, 20.0])
+def test_the_abstraction_is_scale_equivariant_so_memory_matches_the_scale_of_the_states(c):
+    """Routing runs at capsule scale (inputs / their mean norm) and the slots return to the inputs' scale: scaling
+    M and H by c scales the new memory by c, and its mean slot norm stays within the inputs' own range instead of
+    the squash's (0, 1) (the short-term states grow to norm 10-50 in training; a memory capped at 1 could not
+    reconstruct their attention output)."""
+    m = _model()
+    layer = m.layers[0]
+    g = torch.Generator().manual_seed(1)
+    mem, h = torch.randn(3, 4, 16, generator=g), 5 * torch.randn(3, 10, 16, generator=g)
+    h[0, :4] = 0  # padding rows: zero, not counted in the scale
+    with torch.no_grad():
+        base, scaled = layer.abstract(mem, h), layer.abstract(c * mem, c * h)
+    torch.testing.assert_close(scaled, c * base, rtol=1e-4, atol=1e-5 * c)
+    norms = torch.cat([mem, h], 1).norm(dim=-1)
+    assert (scaled.norm(dim=-1) <= c * norms.amax() + 1e-4).all()
+    assert scaled.norm(dim=-1).mean() > 0.2 * c * norms[norms > 0].mean()
+
+
+def test_without_rescaling_the_memory_is_the_plain_squash_below_norm_one():
+    layer = _model(rescale_memory=False).layers[0]
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        out = layer.abstract(torch.randn(2, 4, 16, generator=g), 30 * torch.randn(2, 10, 16, generator=g))
+    assert (out.norm(dim=-1) < 1).all()
+
+
+def test_the_memory_report_measures_what_l_rec_trains():
+    """``layer.report`` collects L_rec's own error sum outside training too, next to the error of keeping the old
+    memory and the target's energy, so a trained run's memory fidelity can be measured (benchmarks/dman_memory.py)."""
+    m, b = _model(), _batch()
+    _, rec = m.encode_seq(b)  # training mode, dropout 0: L_rec = Σ err / Σ count over the layers
+    m.eval()
+    for layer in m.layers:
+        layer.report = {}
+    with torch.no_grad():
+        assert m.encode_seq(b)[1].item() == 0.0  # still not a loss outside training
+    reps = [layer.report for layer in m.layers]
+    total = sum(r["err"] for r in reps) / sum(r["count"] for r in reps)
+    assert total == pytest.approx(rec.item(), rel=1e-5)
+    for r in reps:
+        assert r["count"] > 0 and r["target"] > 0 and r["err_keep"] > 0
+        assert r["mem_count"] % 4 == 0 and r["h_count"] > 0
+
+
 def test_memory_carries_what_the_short_term_attention_cannot_reach():
     """With 2 layers a segment's short-term attention reaches 2 segments back; an event in segment 0 changes the
     last position (segment 3) only through the memory."""

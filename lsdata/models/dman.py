@@ -12,9 +12,9 @@ segment's positions are encoded in parallel, one layer at a time (the recursions
       Aˡ_n  = SASBlock(Aˡ⁻¹_n; keys/values Mˡ_n)                                     long-term
     h_s, h_l = LN(Hᴺ), LN(Aᴺ);  g = σ(W_g [h_s; h_l] + b);  v = g ⊙ h_s + (1 − g) ⊙ h_l;  score(i) = v · ItemEmb(i)
 
-``f_abs`` (capsule dynamic routing, 3 iterations): inputs u_i = [M ; H] (m + T vectors, padding = 0), predictions
-û_{j|i} = W_j u_i, b_ij = 0, then c_i = softmax_j(b_i), v_j = squash(Σ_i c_ij û_{j|i}), b_ij += û_{j|i} · v_j; the m
-outputs v_j are the new memory. Loss = sampled softmax (1 positive + 100 uniform negatives per position, every
+``f_abs`` (capsule dynamic routing, 3 iterations): inputs u_i = [M ; H] / ρ (m + T vectors, padding = 0; ρ = the
+mean norm of the real ones), predictions û_{j|i} = W_j u_i, b_ij = 0, then c_i = softmax_j(b_i), v_j = squash(Σ_i
+c_ij û_{j|i}), b_ij += û_{j|i} · v_j; the new memory is ρ·v_j. Loss = sampled softmax (1 positive + 100 uniform negatives per position, every
 position a target: ``--targets all``) + λ·L_rec, with
 
     L_rec = mean over layers, updates and real query positions of ‖Attn(Q, Mˡ_n) − Attn(Q, [Mˡ_{n-1}; Hˡ_{n-2}])‖²,
@@ -45,6 +45,12 @@ Deliberate differences (models.md §5g pitfalls of the unofficial code):
 * The initial memory is a learned parameter (the same for every user, deterministic), not ``torch.rand`` per
   forward; the memory is rebuilt from it at the start of every window (no state is carried between windows).
 * Routing runs once per segment boundary and layer (S − 2 updates), not S times inside every step.
+* Routing runs at capsule scale and the memory is returned at the inputs' scale (÷ρ before, ×ρ after). Capsule
+  inputs have norm < 1, but the short-term states H grow to norm 10-50 in training, while squash caps every slot
+  below 1: a memory of norm < 1 cannot reproduce attention over states 20x larger, and with the plain squash L_rec
+  grew during training and the memory's attention output missed 28-94 % of the uncompressed one's (relative
+  squared error, layer 1, four trained runs), about as much as a memory never updated; 9-21 % with the rescaling
+  (``benchmarks/dman_memory.py``, RESULTS.md). ``--set rescale_memory=false`` restores the plain squash.
 * L_rec exists (the unofficial code omits it). Compressive-Transformer style: the main loss reaches the memory
   but not the abstraction (its output and inputs are stop-gradient there), and L_rec trains only ``f_abs`` (its
   inputs, the queries and the attention weights are constants in L_rec).
@@ -79,28 +85,43 @@ def squash(s: Tensor) -> Tensor:
 class DMANLayer(nn.Module):
     """One layer: short-term recurrent attention, the memory and its abstraction, long-term attention."""
 
-    def __init__(self, d: int, heads: int, seg_len: int, slots: int, routing: int, p: float):
+    def __init__(self, d: int, heads: int, seg_len: int, slots: int, routing: int, p: float, rescale: bool = True):
         super().__init__()
         self.short, self.long = SASBlock(d, heads, p), SASBlock(d, heads, p)
         self.rel = nn.Parameter(torch.zeros(heads, 2 * seg_len))  # bias per head and query-key distance
         self.mem0 = nn.Parameter(torch.randn(slots, d) / math.sqrt(d))  # M_init
         self.w = nn.Parameter(torch.randn(slots, d, d) / math.sqrt(d))  # W_j: input -> slot j prediction
-        self.routing = routing
+        self.routing, self.rescale = routing, rescale
+        self.report: dict[str, float] | None = None  # set to {} to collect memory diagnostics (see memories)
 
     def abstract(self, mem: Tensor, h: Tensor) -> Tensor:
-        """f_abs: ``[M ; H]`` ``[B, m + T, d]`` (padding rows zero) routed into m slots ``[B, m, d]``."""
+        """f_abs: ``[M ; H]`` ``[B, m + T, d]`` (padding rows zero) routed into m slots ``[B, m, d]``.
+
+        With ``rescale`` routing runs at capsule scale: the inputs are divided by ρ, the mean norm of the user's real
+        (non-zero) input rows, and the squashed slots (norm < 1) are multiplied by ρ again, so ``f_abs(cM, cH) =
+        c·f_abs(M, H)`` for c > 0 and the memory lives at the scale of the states it summarises. Without it: plain
+        capsule routing, every slot of norm < 1."""
         u = torch.cat([mem, h], 1)
+        rho = u.new_ones(u.shape[0], 1, 1)
+        if self.rescale:
+            norm = u.norm(dim=-1)
+            rho = (norm.sum(1) / (norm > 0).sum(1).clamp(min=1)).clamp(min=1e-6)[:, None, None]
+        u = u / rho
         b = u.new_zeros(u.shape[0], u.shape[1], mem.shape[1])  # routing logits b_ij
         for r in range(self.routing):
             c = b.softmax(-1)  # input i's coupling to each slot j
             v = squash(torch.einsum("jed,bjd->bje", self.w, torch.einsum("bij,bid->bjd", c, u)))  # W_j Σ_i c_ij u_i
             if r + 1 < self.routing:
                 b = b + torch.einsum("bid,bjd->bij", u, torch.einsum("jed,bje->bjd", self.w, v))  # û_j|i · v_j
-        return v
+        return v * rho
 
     def memories(self, h: Tensor, a: Tensor, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The memory each segment reads ``[B, S, m, d]`` from this layer's short-term states ``h`` and long-term
-        inputs ``a`` (``[B, S, T, d]``, ``real`` ``[B, S, T]``), and L_rec's (sum, count) of squared errors."""
+        inputs ``a`` (``[B, S, T, d]``, ``real`` ``[B, S, T]``), and L_rec's (sum, count) of squared errors (zero
+        outside training). With ``self.report`` a dict, it also accumulates, over the same positions: ``err`` (L_rec's
+        sum), ``err_keep`` (the same error had the memory not been updated), ``target`` (Σ ‖Attn(Q, [M; H])‖²),
+        ``count``, and the norms of the written memory slots and of the real short-term states (``mem_norm`` over
+        ``mem_count`` slots, ``h_norm`` over ``h_count`` states)."""
         bsz, n_seg = h.shape[:2]
         mem = self.mem0.expand(bsz, -1, -1)
         reads, err, cnt = [mem, mem], h.new_zeros(()), h.new_zeros(())
@@ -108,13 +129,22 @@ class DMANLayer(nn.Module):
             old, hn = reads[-1].detach(), h[:, n - 2].detach()
             new = self.abstract(old, hn)
             upd = real[:, n - 2].any(-1)  # a segment of padding only is never written
-            if self.training:
+            if self.training or self.report is not None:
                 q = self.long.ln1(a[:, n]).detach()
                 keys = torch.cat([torch.ones_like(old[..., 0], dtype=torch.bool), real[:, n - 2]], 1)[:, None, None]
                 target = self.long.attend(q, torch.cat([old, hn], 1), keys, frozen=True)
                 w = (real[:, n] & upd[:, None]).to(h.dtype)
-                err = err + (((self.long.attend(q, new, None, frozen=True) - target) ** 2).sum(-1) * w).sum()
-                cnt = cnt + w.sum()
+                e = (((self.long.attend(q, new, None, frozen=True) - target) ** 2).sum(-1) * w).sum()
+                if self.training:
+                    err, cnt = err + e, cnt + w.sum()
+                if self.report is not None:
+                    keep = (((self.long.attend(q, old, None, frozen=True) - target) ** 2).sum(-1) * w).sum()
+                    hr = real[:, n - 2]
+                    for k, v in (("err", e), ("err_keep", keep), ("target", ((target**2).sum(-1) * w).sum()),
+                                 ("count", w.sum()), ("mem_norm", new.norm(dim=-1)[upd].sum()),
+                                 ("mem_count", upd.sum() * new.shape[1]), ("h_norm", hn.norm(dim=-1)[hr].sum()),
+                                 ("h_count", hr.sum())):
+                        self.report[k] = self.report.get(k, 0.0) + float(v)
             reads.append(torch.where(upd[:, None, None], new.detach(), reads[-1]))
         return torch.stack(reads[:n_seg], 1), err, cnt
 
@@ -137,6 +167,9 @@ class DMAN(NextItemModel):
         routing: int = Field(3, ge=1, description="dynamic-routing iterations of the memory abstraction (unofficial code: 3)")
         rec_weight: float = Field(1.0, ge=0.0, description="λ, weight of the reconstruction loss L_rec (models.md: 1)")
         dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout on embeddings, attention and FFN (lsdata's choice)")
+        rescale_memory: bool = Field(True, description="route at capsule scale and return the memory at the scale of "
+                                     "its inputs (÷ρ, ×ρ; lsdata's fix); False: plain squash, memory norm < 1 (lsdata "
+                                     "before 2026-12-03)")
 
     train_defaults = {"lr": 1e-3, "batch_size": 128, "loss": "sampled_softmax", "negatives": 100, "targets": "all"}
 
@@ -152,7 +185,7 @@ class DMAN(NextItemModel):
         with torch.no_grad():
             self.item.weight[0].zero_()
         self.drop = nn.Dropout(p.dropout)
-        self.layers = nn.ModuleList(DMANLayer(d, p.heads, t, p.slots, p.routing, p.dropout) for _ in range(p.layers))
+        self.layers = nn.ModuleList(DMANLayer(d, p.heads, t, p.slots, p.routing, p.dropout, p.rescale_memory) for _ in range(p.layers))
         self.ln_s, self.ln_l = nn.LayerNorm(d, eps=1e-8), nn.LayerNorm(d, eps=1e-8)
         self.gate = nn.Linear(2 * d, d)
         qk = torch.arange(t)[:, None] + t - torch.arange(2 * t)[None, :]  # query i (slot T+i of [prev; cur]) - key k
