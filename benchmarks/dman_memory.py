@@ -59,7 +59,8 @@ def main() -> None:
     torch.set_num_threads(1)
     rescale = None if a.rescale_memory is None else a.rescale_memory == "true"
     rows = [row for run in a.runs for row in measure(run, a.windows, rescale)]
-    print("| run | layer | rescale | mean ‖H‖ | mean ‖M‖ | relative error, new memory | relative error, old memory kept |")
+    print("| run | layer | rescale | mean ‖H‖ | mean ‖M‖ | relative error, new memory | "
+          "relative error, old memory kept |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['run']} | {r['layer']} | {r['rescale']} | {r['h_norm']:.2f} | {r['mem_norm']:.2f} | "

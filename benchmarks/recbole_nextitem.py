@@ -91,7 +91,8 @@ LSDATA_ARGS: dict[str, dict[str, list[str]]] = {
     "SHAN": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "short_len=2"], "defaults": []},
     "Caser": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "n_v=4", "--set", "n_h=8", "--set", "dropout=0.4"],
               "defaults": []},
-    "GRU4Rec": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "dropout=0.3"], "defaults": []},
+    "GRU4Rec": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "dropout=0.3", "--set", "item_bias=false",
+                                    "--set", "gru_bias=false"], "defaults": []},
     "SASRec": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "heads=2", "--set", "ffn_dim=256",
                                      "--targets", "last"], "defaults": []},
 }

@@ -13,9 +13,9 @@ segment's positions are encoded in parallel, one layer at a time (the recursions
     h_s, h_l = LN(Hᴺ), LN(Aᴺ);  g = σ(W_g [h_s; h_l] + b);  v = g ⊙ h_s + (1 − g) ⊙ h_l;  score(i) = v · ItemEmb(i)
 
 ``f_abs`` (capsule dynamic routing, 3 iterations): inputs u_i = [M ; H] / ρ (m + T vectors, padding = 0; ρ = the
-mean norm of the real ones), predictions û_{j|i} = W_j u_i, b_ij = 0, then c_i = softmax_j(b_i), v_j = squash(Σ_i
-c_ij û_{j|i}), b_ij += û_{j|i} · v_j; the new memory is ρ·v_j. Loss = sampled softmax (1 positive + 100 uniform negatives per position, every
-position a target: ``--targets all``) + λ·L_rec, with
+mean norm of the real ones), predictions û_{j|i} = W_j u_i, b_ij = 0, then c_i = softmax_j(b_i),
+v_j = squash(Σ_i c_ij û_{j|i}), b_ij += û_{j|i} · v_j; the new memory is ρ·v_j. Loss = sampled softmax (1 positive
++ 100 uniform negatives per position, every position a target: ``--targets all``) + λ·L_rec, with
 
     L_rec = mean over layers, updates and real query positions of ‖Attn(Q, Mˡ_n) − Attn(Q, [Mˡ_{n-1}; Hˡ_{n-2}])‖²,
 
@@ -185,7 +185,8 @@ class DMAN(NextItemModel):
         with torch.no_grad():
             self.item.weight[0].zero_()
         self.drop = nn.Dropout(p.dropout)
-        self.layers = nn.ModuleList(DMANLayer(d, p.heads, t, p.slots, p.routing, p.dropout, p.rescale_memory) for _ in range(p.layers))
+        self.layers = nn.ModuleList(DMANLayer(d, p.heads, t, p.slots, p.routing, p.dropout, p.rescale_memory)
+                                    for _ in range(p.layers))
         self.ln_s, self.ln_l = nn.LayerNorm(d, eps=1e-8), nn.LayerNorm(d, eps=1e-8)
         self.gate = nn.Linear(2 * d, d)
         qk = torch.arange(t)[:, None] + t - torch.arange(2 * t)[None, :]  # query i (slot T+i of [prev; cur]) - key k

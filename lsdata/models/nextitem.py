@@ -222,7 +222,7 @@ class GRU4RecNext(NextItemModel):
     """GRU4Rec (Hidasi et al., ICLR 2016; CIKM 2018 losses), next-item framing (models.md §10).
 
     h = GRU(Dropout_e(ItemEmb(s_1..s_n))) over the real steps only (padding never enters the state);
-    score(i) = Dropout(h) · W[i] + b_i with the official ``xe`` parameter set: constrained embedding (input
+    score(i) = Dropout(h) · W[i] + b_i (b: ``item_bias``) with the official ``xe`` parameter set: constrained embedding (input
     table = output table, so d = hidden = 100, one layer), hidden dropout 0.4, no embedding dropout
     (``dropout_p_embed``), sampled softmax over 2048 popularity^0.5 negatives with logQ correction; the item
     table starts uniform in ±√(6 / (N + d)) (the official ``init_parameter_matrix``; torch's N(0, 1) default
@@ -242,6 +242,9 @@ class GRU4RecNext(NextItemModel):
                                      "(official dropout_p_embed, xe: 0.0; RecBole: 0.3)")
         hidden: int | None = Field(None, ge=1, description="GRU units; None = emb_dim (official constrained "
                                    "embedding); other: a linear map hidden -> emb_dim before scoring (RecBole: 128)")
+        item_bias: bool = Field(True, description="a learned bias per item in the score (official: the output "
+                                "layer's By; RecBole: none)")
+        gru_bias: bool = Field(True, description="biases in the GRU's gates (official: yes; RecBole: bias=False)")
 
     train_defaults = {"lr": 1e-3, "batch_size": 32, "loss": "sampled_softmax", "negatives": 2048,
                       "sampler": "popularity", "pop_alpha": 0.5}
@@ -251,9 +254,9 @@ class GRU4RecNext(NextItemModel):
         d, h = params.emb_dim, params.hidden or params.emb_dim
         self.item = nn.Embedding(spec.n_items + 1, d, padding_idx=0)
         glorot_tables(self.item)  # official init_parameter_matrix: U(±√(6 / (N + d)))
-        self.bias = nn.Parameter(torch.zeros(spec.n_items + 1))
+        self.bias = nn.Parameter(torch.zeros(spec.n_items + 1)) if params.item_bias else None
         self.embed_drop = nn.Dropout(params.embed_dropout)
-        self.gru = nn.GRU(d, h, batch_first=True)
+        self.gru = nn.GRU(d, h, batch_first=True, bias=params.gru_bias)
         self.dense = nn.Linear(h, d) if h != d else nn.Identity()
         self.drop = nn.Dropout(params.dropout)
 
