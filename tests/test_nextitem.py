@@ -276,11 +276,12 @@ def test_sasrec_feed_forward_width_is_ffn_dim_and_defaults_to_d_as_the_official_
 
 def test_gru4rec_next_with_recboles_layout_wider_gru_dense_map_and_embedding_dropout(taobao_split):
     """hidden != emb_dim: a GRU of `hidden` units and a linear map back to d (RecBole's `dense`); embedding dropout
-    is active in training only; no item bias (RecBole has none); gradients reach every parameter and the encoder
-    stays causal."""
-    model, batch, spec = _batch(taobao_split, "gru4rec_next", hidden=12, embed_dropout=0.5, item_bias=False)
+    is active in training only; no item bias and no GRU biases (RecBole has neither); gradients reach every parameter
+    and the encoder stays causal."""
+    model, batch, spec = _batch(taobao_split, "gru4rec_next", hidden=12, embed_dropout=0.5, item_bias=False, gru_bias=False)
     assert model.gru.hidden_size == 12 and tuple(model.dense.weight.shape) == (model.p.emb_dim, 12)
     assert model.output()[1] is None and "bias" not in dict(model.named_parameters())
+    assert not model.gru.bias and not [n for n, _ in model.gru.named_parameters() if "bias" in n]
     logits, extra = model(batch)
     assert logits.shape == (16, spec.n_items + 1)
     next_item_loss("ce", logits, batch["target"]).backward()
