@@ -23,6 +23,10 @@ Run (lsdata venv; the RecBole venv as in benchmarks/recbole/run_recbole.py)::
     python benchmarks/recbole_nextitem.py --work /tmp/rbnext --skip-recbole            # reuse WORK/recbole.json
     python benchmarks/recbole_nextitem.py --work /tmp/rbnext --skip-recbole --skip-lsdata STAMP SHAN
                                                  # re-train the other lsdata models only, rebuild the table
+    python benchmarks/recbole_nextitem.py --work /tmp/rbnext --models SASRec GRU4Rec --epochs 20 --epochs-for SASRec=10 \
+        --patience 3 --skip-recbole --lsdata-params positions --lsdata-epochs 200 --lsdata-patience 20 \
+        --results benchmarks/results/recbole_nextitem-positions.json
+                                                 # lsdata trained on every position (own RESULTS.md section)
 
 The two sides are independent (``--skip-lsdata`` runs RecBole only, ``--skip-recbole`` lsdata only, both
 merge into WORK/*.json), so they can run as two processes; the table is built from what the JSON files hold.
@@ -85,16 +89,30 @@ MAX_LEN = 50
 PAIRS = {"STAMP": "stamp", "SHAN": "shan_next", "Caser": "caser_next", "GRU4Rec": "gru4rec_next", "SASRec": "sasrec"}
 #: `--lsdata-params matched`: RecBole's training setup (CE over all items, batch 2048, Adam 1e-3) and sizes where lsdata
 #: has the knob; what has no knob is listed in NOTES. `defaults`: lsdata's own (the papers' losses and sizes).
+#: `positions`: the matched sizes and loss, trained the way the SASRec and GRU4Rec papers train (every position of a
+#: window predicts its next event, `--targets all`), in batches of 128 windows; only for models with a per-position
+#: encoder (POSITIONS_NOTE).
 MATCHED = ["--loss", "ce", "--batch-size", "2048", "--lr", "0.001"]
+POSITIONS = ["--loss", "ce", "--batch-size", "128", "--lr", "0.001", "--targets", "all"]
 LSDATA_ARGS: dict[str, dict[str, list[str]]] = {
     "STAMP": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "max_norm=null"], "defaults": []},
     "SHAN": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "short_len=2"], "defaults": []},
     "Caser": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "n_v=4", "--set", "n_h=8", "--set", "dropout=0.4"],
               "defaults": []},
-    "GRU4Rec": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "dropout=0.3"], "defaults": []},
+    "GRU4Rec": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "dropout=0.3"], "defaults": [],
+                "positions": POSITIONS + ["--set", "emb_dim=64", "--set", "dropout=0.3"]},
     "SASRec": {"matched": MATCHED + ["--set", "emb_dim=64", "--set", "heads=2", "--set", "ffn_dim=256",
-                                     "--targets", "last"], "defaults": []},
+                                     "--targets", "last"], "defaults": [],
+               "positions": POSITIONS + ["--set", "emb_dim=64", "--set", "heads=2", "--set", "ffn_dim=256"]},
 }
+POSITIONS_NOTE = (
+    "`--lsdata-params positions`: lsdata's SASRec and GRU4Rec with the `matched` sizes, loss (CE over all items) and "
+    "learning rate, trained as their papers train them: non-overlapping windows of the user's last 50 training events "
+    "where every position predicts its next event (`--targets all`; the same 97,171 training targets as the prefix "
+    "samples, each predicted once per epoch, its history the window's earlier events), 128 windows per batch. RecBole "
+    "1.2.1 trains these models on one target per prefix sample only. One epoch is ~19 steps instead of ~48, so this "
+    "mode gets its own epoch cap and patience (`--lsdata-epochs`, `--lsdata-patience`); the column `train s to best` "
+    "compares the budgets: training seconds up to the selected epoch (median over seeds).")
 NOTES = [
     ("`matched` lsdata settings (both sides: CE over all items, batch 2048, Adam lr 1e-3, d 64): STAMP without "
      "the official max-norm (RecBole has none); SHAN short-term set 2 (RecBole's `short_item_length`); Caser n_v 4, "
@@ -275,10 +293,20 @@ def epochs_of(model: str, a) -> int:
     return a.epochs_for.get(model, a.epochs)
 
 
+def lsdata_args(model: str, a) -> list[str]:
+    """The ``lsdata train`` arguments of ``model`` under ``--lsdata-params``."""
+    args = LSDATA_ARGS[model].get(a.lsdata_params)
+    if args is None:
+        raise SystemExit(f"--lsdata-params {a.lsdata_params}: lsdata's {PAIRS[model]} has no per-position form; "
+                         f"use --models {' '.join(m for m in PAIRS if a.lsdata_params in LSDATA_ARGS[m])}")
+    return args
+
+
 def run_lsdata(model: str, data: Path, out: Path, seed: int, a) -> dict:
-    name, extra = PAIRS[model], LSDATA_ARGS[model][a.lsdata_params]
+    name, extra = PAIRS[model], lsdata_args(model, a)
     base = LSDATA if not a.no_mkldnn else [sys.executable, "-c", NO_MKLDNN]
-    cmd = base + ["train", name, str(data), "--out", str(out), "--epochs", str(epochs_of(model, a)), "--patience", str(a.patience),
+    cap, patience = a.lsdata_epochs or epochs_of(model, a), a.lsdata_patience or a.patience
+    cmd = base + ["train", name, str(data), "--out", str(out), "--epochs", str(cap), "--patience", str(patience),
                   "--seed", str(seed), "--device", "cpu", "--threads", str(a.threads), "--warmup", "1", "--stride", "1",
                   "--set", f"max_len={window_of(model, a)}", *extra]
     log = out.parent / f"seed{seed}.log"
@@ -294,7 +322,8 @@ def run_lsdata(model: str, data: Path, out: Path, seed: int, a) -> dict:
     return res | {"test": {"ndcg@10": m["test"]["full"]["ndcg@10"], "hr@10": m["test"]["full"]["hr@10"], "n": m["test"]["n"]},
                   "valid": {"ndcg@10": m["valid"]["full"]["ndcg@10"]} if m.get("valid") else None,
                   "epoch_seconds": m["epoch_seconds"], "epochs_run": m["epochs_run"], "best_step": m["best_step"],
-                  "steps": m["steps"], "params": m["n_parameters"], "samples": conf["samples"],
+                  "steps": m["steps"], "epoch_cap": cap, "patience": patience, "params": m["n_parameters"],
+                  "samples": conf["samples"],
                   "settings": {k: conf.get(k) for k in ("loss", "negatives", "sampler", "batch_size", "lr", "params")}}
 
 
@@ -302,7 +331,14 @@ def run_lsdata(model: str, data: Path, out: Path, seed: int, a) -> dict:
 def still_improving(r: dict) -> bool:
     """The run's best validation came at its last epoch (it may have stopped at the cap, not converged)."""
     last = len(r["epoch_seconds"]) - 1
-    return r["best_epoch"] == last if "best_epoch" in r else r["best_step"] == r["steps"]
+    return best_epoch(r) == last
+
+
+def best_epoch(r: dict) -> int:
+    """0-based index of the run's selected epoch (RecBole records it; lsdata's from its best step, whole epochs)."""
+    if "best_epoch" in r:
+        return r["best_epoch"]
+    return round(r["best_step"] * len(r["epoch_seconds"]) / r["steps"]) - 1
 
 
 def summary(runs: list[dict]) -> dict:
@@ -312,10 +348,13 @@ def summary(runs: list[dict]) -> dict:
     nd = np.array([r["test"]["ndcg@10"] for r in ok])
     hr = np.array([r["test"]["hr@10"] for r in ok])
     secs = [s for r in ok for s in r["epoch_seconds"]]
+    to_best = [sum(r["epoch_seconds"][:best_epoch(r) + 1]) for r in ok]
     return {"n": len(ok), "ndcg": (float(nd.mean()), float(nd.std()), float(nd.min()), float(nd.max())),
             "hr": (float(hr.mean()), float(hr.std()), float(hr.min()), float(hr.max())),
             "s_epoch": float(min(secs)) if secs else None, "s_epoch_median": float(np.median(secs)) if secs else None,
-            "epochs_run": [f"{len(r['epoch_seconds'])}{'*' if still_improving(r) else ''}" for r in ok]}
+            "s_to_best_median": float(np.median(to_best)),
+            "epochs_run": [f"{len(r['epoch_seconds'])}{'*' if still_improving(r) else ''}" for r in ok],
+            "caps": sorted({r["epoch_cap"] for r in ok if "epoch_cap" in r})}
 
 
 def verdict(ls: dict, rb: dict) -> str:
@@ -339,13 +378,16 @@ def table(rows: list[tuple[str, dict, dict, int]]) -> str:
 
     head = ("| model | lsdata NDCG@10 (mean ± sd) | lsdata HR@10 | RecBole NDCG@10 (mean, min..max) | RecBole HR@10 "
             "| lsdata s/epoch (fastest / median) | RecBole s/epoch | speed ratio (RecBole / lsdata, fastest) "
-            "| epochs run per seed, lsdata / RecBole (cap) | verdict |")
+            "| train s to best, lsdata / RecBole (median) | epochs run per seed, lsdata / RecBole (cap) | verdict |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for m, ls, rb, cap in rows:
         ratio = rb["s_epoch"] / ls["s_epoch"] if ls.get("s_epoch") and rb.get("s_epoch") else None
-        ep = " / ".join(",".join(map(str, s.get("epochs_run", []))) or "-" for s in (ls, rb)) + f" ({cap})"
+        ep = " / ".join(",".join(map(str, s.get("epochs_run", []))) or "-" for s in (ls, rb))
+        ls_cap = "/".join(map(str, ls.get("caps") or [cap]))
+        ep += f" ({cap})" if ls_cap == str(cap) else f" ({ls_cap} / {cap})"
+        best = " / ".join(fmt(s.get("s_to_best_median"), 0) for s in (ls, rb))
         lines.append(f"| {m} | {sd(ls, 'ndcg')} | {sd(ls, 'hr')} | {rng(rb, 'ndcg')} | {rng(rb, 'hr')} | {secs(ls)} "
-                     f"| {secs(rb)} | {'n/a' if ratio is None else f'{ratio:.2f}x'} | {ep} | {verdict(ls, rb)} |")
+                     f"| {secs(rb)} | {'n/a' if ratio is None else f'{ratio:.2f}x'} | {best} | {ep} | {verdict(ls, rb)} |")
     return "\n".join(lines)
 
 
@@ -384,8 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--caser-len", type=int, default=5,
                     help="Caser's window on both sides (default 5 = the Caser paper's L; RecBole's Caser at 50 took over "
                          "29 min per epoch here: one convolution per height 1..L)")
-    ap.add_argument("--lsdata-params", default="matched", choices=["matched", "defaults"],
-                    help="lsdata settings: RecBole's training setup and sizes where lsdata has the knob, or lsdata's own")
+    ap.add_argument("--lsdata-params", default="matched", choices=["matched", "defaults", "positions"],
+                    help="lsdata settings: RecBole's training setup and sizes where lsdata has the knob, lsdata's own, or "
+                         "the matched ones trained on every position (SASRec, GRU4Rec; own section in RESULTS.md)")
+    ap.add_argument("--lsdata-epochs", type=int, help="lsdata's epoch cap (default: the models' --epochs/--epochs-for)")
+    ap.add_argument("--lsdata-patience", type=int, help="lsdata's patience (default: --patience)")
     ap.add_argument("--keep-ties", action="store_true",
                     help="keep ml-100k's same-second timestamps (histories then differ between the sides; only targets are checked)")
     side_args(ap, list(PAIRS), "WORK/lsdata-PARAMS.json")
@@ -466,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"date": str(date.today()), "command": cmdline, "data": str(data), "csv": csv_info, "machine": mach,
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
            "split_check": split_check, "metric_check": metric_check,
-           "lsdata_args": {m: LSDATA_ARGS[m][a.lsdata_params] for m in a.models}, "notes": NOTES,
+           "lsdata_args": {m: lsdata_args(m, a) for m in a.models},
+           "notes": NOTES + ([POSITIONS_NOTE] if a.lsdata_params == "positions" else []),
            "table": [{"model": m, "lsdata": s_ls, "recbole": s_rb, "epoch_cap": cap, "verdict": verdict(s_ls, s_rb)}
                      for m, s_ls, s_rb, cap in rows],
            "recbole": {**rb, "runs": [{k: v for k, v in r.items() if k != "test_ranks"} for r in rb["runs"]]},
@@ -474,7 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     a.results.parent.mkdir(parents=True, exist_ok=True)
     a.results.write_text(json.dumps(out, indent=2, default=str) + "\n")
     if str(a.markdown) != "-":
-        upsert_section(a.markdown, RESULTS_HEADING, markdown(out, md_table, errors, a), AFTER_HEADING)
+        heading, after = RESULTS_HEADING, AFTER_HEADING
+        if a.lsdata_params != "matched":
+            heading, after = RESULTS_HEADING.replace(" (issue", f", lsdata `--lsdata-params {a.lsdata_params}` (issue"), heading
+        upsert_section(a.markdown, heading, markdown(out, md_table, errors, a), after)
     print(f"\nwrote {a.results}" + ("" if str(a.markdown) == "-" else f" and the section in {a.markdown}"))
     return 0 if not errors else 1
 
@@ -507,7 +556,9 @@ def markdown(out: dict, md_table: str, errors: list[str], a) -> str:
         "",
         (f"Settings: at most {a.epochs} epochs"
          + "".join(f", {m} {n}" for m, n in a.epochs_for.items()) + f" (both sides), early stopping after {a.patience} epochs without a better validation "
-         f"NDCG@10 (full ranking), best epoch scored once on test; {a.seeds} seeds per side; window {MAX_LEN} "
+         f"NDCG@10 (full ranking)" + (f" (lsdata: at most {a.lsdata_epochs or 'the same'} epochs, patience "
+                                      f"{a.lsdata_patience or a.patience})" if a.lsdata_epochs or a.lsdata_patience else "")
+         + f", best epoch scored once on test; {a.seeds} seeds per side; window {MAX_LEN} "
          f"(Caser {a.caser_len} on both sides). Full ranking over all items on both sides (RecBole masks history items "
          f"only for non-sequential models). RecBole: each model's shipped defaults (d 64, CE over all items, batch 2048, "
          f"Adam 1e-3). lsdata: `--lsdata-params {a.lsdata_params}`: "
@@ -521,7 +572,7 @@ def markdown(out: dict, md_table: str, errors: list[str], a) -> str:
         "",
         "Notes:",
         "",
-        *[f"* {n}" for n in NOTES],
+        *[f"* {n}" for n in out["notes"]],
         *[f"* problem: {e}" for e in errors],
     ])
 
