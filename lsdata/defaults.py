@@ -189,9 +189,14 @@ class NextItemOptions(_Opts):
         None, description="training samples: last = one target per sample, predicted from the last position of its "
         "history window (every position is its own sample: the sliding window); all = every position of a window of "
         "max_len events predicts its next event (the official SASRec / DMAN training: non-overlapping windows, each "
-        "training target once per epoch, targets tied in time with the event before them skipped; needs a model "
-        "with a per-position encoder and stride 1). Validation and test are one target per sample either way. "
-        "None = the model's default (all for sasrec and dman, else last)")
+        "training target once per epoch, a target tied in time with the events before it predicted from the "
+        "output before the tie, see tied_targets; needs a model with a per-position encoder and stride 1). "
+        "Validation and test are one target per sample either way. None = the model's default (all for sasrec and "
+        "dman, else last)")
+    tied_targets: Literal["earlier", "skip"] = Field(
+        "earlier", description="targets all: a training target tied in time with the event before it is predicted "
+        "from the causal output at its last strictly earlier event (earlier; the history --targets last gives it) "
+        "or not counted (skip: the behaviour before 2026-12-03, loses a third of Amazon's day-granularity targets)")
     loss: Literal["ce", "sampled_softmax", "bce", "bpr"] | None = Field(
         None, description="ce = full softmax cross-entropy over all items; sampled_softmax = cross-entropy over the "
         "positive and the sampled negatives (logQ-corrected with the popularity sampler); bce = binary CE of the "

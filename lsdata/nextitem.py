@@ -24,13 +24,16 @@ Every input position is a target, as the official SASRec and DMAN train. A sampl
 inputs = the ``L`` events before flat position ``end`` (front-padded), targets = each input's next event, so the
 window's targets are positions ``end - L + 1 .. end``. A user's windows are non-overlapping chunks of ``L``
 counted back from the user's last counted training target (windows without a counted target are dropped), so
-every counted training target is predicted exactly once per epoch. A position counts in the loss
-(``pos_target > 0``) only if its target (a) is a training target of the split protocol that passes the warm-up
-(as above, no stride: ``--stride`` applies to ``--targets last``) and (b) is strictly later than the input event
-at that position (``ts[t] < ts[t + 1]``): a causal model's output at a position sees that input and earlier
-ones, so no counted target's history holds an event at or after its moment. **Targets tied in time with the
-event before them are skipped** in this mode (common in Amazon data, whose reviews have day granularity);
-``--targets last`` keeps them (its history simply stops before the tie).
+every counted training target is predicted exactly once per epoch. A target counts in the loss
+(``pos_target > 0``) only if it is a training target of the split protocol that passes the warm-up (as above, no
+stride: ``--stride`` applies to ``--targets last``). It is predicted from the causal model's output at its
+**source**, the position of its last strictly earlier event (``hist_end - 1``; ``pos_source`` in the batch): a
+causal output sees that input and earlier ones only, so no counted target's history holds an event at or after
+its moment. Untied, the source is the position just before the target; a target tied in time with the events
+before it (common in Amazon data, whose reviews have day granularity) reads the output before the tie, so it
+sees exactly the history ``--targets last`` gives it. Tied targets whose source would lie before their window's
+first input are not counted (they are rare: a tie across a window boundary). ``tied="skip"`` (``--tied-targets
+skip``) instead drops every target tied with the event before it, the behaviour before tied targets counted.
 
 Split protocols (read from the dataset's ``split/report.json``, i.e. ``lsdata split``)
 --------------------------------------------------------------------------------------
@@ -146,34 +149,45 @@ def build_index(seq: Sequences, method: str, cut: int | None, valid_cut: int | N
 class Windows:
     """All-position training samples (module doc): window ``i`` of row ``row[i]`` has as inputs the ``L`` events
     before flat position ``end[i]`` and as targets their next events; ``counted`` ``[n]`` marks, per flat
-    position, the targets that count in the loss."""
+    position, the targets that count in the loss; ``source`` ``[n]`` is each flat position's last strictly
+    earlier event (``hist_end - 1``), whose causal output predicts it."""
 
     row: np.ndarray
     end: np.ndarray
     counted: np.ndarray
+    source: np.ndarray
 
     def __len__(self) -> int:
         return self.end.size
 
 
 def build_windows(seq: Sequences, method: str, cut: int | None, valid_cut: int | None, warmup: int,
-                  max_len: int) -> Windows:
-    """Non-overlapping windows of ``max_len`` over every user's counted training targets (see the module doc)."""
+                  max_len: int, tied: str = "earlier") -> Windows:
+    """Non-overlapping windows of ``max_len`` over every user's counted training targets (see the module doc);
+    ``tied``: ``earlier`` = a target tied in time with the events before it is predicted from the output before
+    the tie, ``skip`` = it does not count."""
+    if tied not in ("earlier", "skip"):
+        raise InputError(f"unknown tied-target rule {tied!r} (earlier | skip)")
+    source = history_ends(seq) - 1  # the warm-up (>= 1) keeps every target's source in its own row
     counted = np.zeros(seq.ts.size, dtype=bool)
     counted[build_index(seq, method, cut, valid_cut, warmup, 1)["train"].target] = True
-    counted[1:] &= seq.ts[:-1] < seq.ts[1:]  # the warm-up (>= 1) keeps a row's first event out: same row
+    if tied == "skip":
+        counted[1:] &= seq.ts[:-1] < seq.ts[1:]
     pos = np.flatnonzero(counted)
     row = seq.row_of[pos]
-    rows = np.unique(row)
-    first = pos[np.searchsorted(row, rows, side="left")]
+    rows, at = np.unique(row, return_index=True)
+    first = pos[at]
     last = pos[np.searchsorted(row, rows, side="right") - 1]
+    last_of = last[np.searchsorted(rows, row)]
+    win_end = last_of - (last_of - pos) // max_len * max_len  # the end of the window that holds target pos
+    counted[pos[source[pos] < win_end - max_len]] = False  # its source lies before the window's first input
     n = (last - first) // max_len + 1  # windows per user
     k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)  # 0 = the user's most recent window
     end = np.repeat(last, n) - k * max_len
     lo = np.maximum(end - max_len, np.repeat(first, n) - 1)  # the window's targets are (lo, end] of this row
     before = np.r_[0, np.cumsum(counted)]  # before[p] = counted targets at flat positions < p
     keep = before[end + 1] > before[lo + 1]
-    return Windows(np.repeat(rows, n)[keep].astype(np.int32), end[keep], counted)
+    return Windows(np.repeat(rows, n)[keep].astype(np.int32), end[keep], counted, source)
 
 
 def split_protocol(ds: Dataset) -> tuple[str, int | None, int | None, list[str]]:
@@ -219,8 +233,10 @@ class WindowDataset(NextItemDataset):
     """Map-style dataset of all-position training windows (``--targets all``).
 
     Batch contract: ``user`` int32 ``[B]``; ``hist_item``, ``hist_cate``, ``hist_behavior`` int32 ``[B, L]``
-    front-padded (the window's inputs), ``hist_len`` ``[B]``; ``pos_target`` int32 ``[B, L]``: the item each input
-    position predicts, 0 where that position does not count (padding, not a training target, tied in time).
+    front-padded (the window's inputs), ``hist_len`` ``[B]``; ``pos_target`` int32 ``[B, L]``: the target after
+    input position ``j`` (the event following it), 0 where it does not count (padding, not a training target,
+    skipped); ``pos_source`` int64 ``[B, L]``: the input position whose causal output predicts that target (``j``
+    unless the target is tied in time with the events before it; ``j`` where it does not count).
     """
 
     def __init__(self, seq: Sequences, windows: Windows, max_len: int):
@@ -235,7 +251,10 @@ class WindowDataset(NextItemDataset):
         hist, win, mask = _history(s, rows, self.windows.end[idx], self.max_len)
         nxt = win + 1  # <= end: inside the row wherever mask holds
         counted = mask & self.windows.counted.take(nxt, mode="clip")
-        return to_tensors({"user": s.user[rows], **hist, "pos_target": np.where(counted, s.item.take(nxt, mode="clip"), 0)})
+        slot = np.arange(self.max_len)
+        source = np.where(counted, slot - (nxt - 1 - self.windows.source.take(nxt, mode="clip")), slot)
+        return to_tensors({"user": s.user[rows], **hist, "pos_target": np.where(counted, s.item.take(nxt, mode="clip"), 0),
+                           "pos_source": source.astype(np.int64)})
 
 
 def popularity(seq: Sequences, targets: np.ndarray, n_items: int, alpha: float) -> np.ndarray:

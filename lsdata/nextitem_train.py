@@ -83,7 +83,8 @@ class NextItemRun(Run):
                 raise InputError(f"--targets all: {cfg.model} has no per-position encoder; use --targets last")
             if o.stride != 1:
                 raise InputError("--stride applies to --targets last; --targets all predicts every position")
-            self.windows = build_windows(self.seqs, self.method, self.cut, self.valid_cut, o.warmup, self.params.max_len)
+            self.windows = build_windows(self.seqs, self.method, self.cut, self.valid_cut, o.warmup, self.params.max_len,
+                                         o.tied_targets)
             train_targets = np.flatnonzero(self.windows.counted)
         self.n_train_targets = int(train_targets.size)
         self.uniform = NegativeSampler.uniform(n, self.device)

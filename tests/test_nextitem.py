@@ -86,31 +86,54 @@ def test_no_history_contains_its_target_or_anything_at_or_after_it(users, method
         assert (np.diff(t) % stride == 0).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(users=st.lists(user_ts, min_size=1, max_size=8), method=st.sampled_from(["cut", "loo"]),
-       cut=st.integers(0, 12), back=st.integers(0, 6), warmup=st.integers(1, 3), width=st.integers(1, 6))
-def test_all_position_windows_never_count_a_target_whose_inputs_reach_its_time(users, method, cut, back, warmup, width):
+       cut=st.integers(0, 12), back=st.integers(0, 6), warmup=st.integers(1, 3), width=st.integers(1, 6),
+       tied=st.sampled_from(["earlier", "skip"]))
+def test_all_position_windows_predict_each_target_from_an_output_that_saw_only_earlier_events(
+        users, method, cut, back, warmup, width, tied):
     seq = _sequences(users)
-    w = build_windows(seq, method, cut, cut - back, warmup, width)
+    w = build_windows(seq, method, cut, cut - back, warmup, width, tied)
     train = build_index(seq, method, cut, cut - back, warmup, 1)["train"]
     assert set(np.flatnonzero(w.counted)) <= set(train.target)
     if not len(w):
         return
     b = WindowDataset(seq, w, width).__getitems__(np.arange(len(w)))
-    item, tgt = b["hist_item"].numpy(), b["pos_target"].numpy()
-    seen = []
+    item, tgt, src = b["hist_item"].numpy(), b["pos_target"].numpy(), b["pos_source"].numpy()
+    seen, source_of = [], {}
     for i, (r, end) in enumerate(zip(w.row, w.end)):
         start = seq.offsets[r]
         assert start < end < seq.offsets[r + 1] and (tgt[i] > 0).any()  # no window without a counted target
         for j in np.flatnonzero(tgt[i]):
-            t = end - width + j + 1  # the flat position input j predicts
-            inputs = np.arange(max(start, end - width), t)  # what a causal model's output at j has seen
+            t = end - width + j + 1  # the flat position of the target after input j
+            k = src[i, j]  # the output that predicts it
+            assert 0 <= k <= j and item[i, k] > 0
+            inputs = np.arange(max(start, end - width), end - width + k + 1)  # what a causal output at k has seen
             assert (seq.ts[inputs] < seq.ts[t]).all() and tgt[i, j] == seq.item[t] and w.counted[t]
-            assert (item[i, : j + 1][item[i, : j + 1] > 0] == seq.item[inputs]).all()
+            assert (item[i, : k + 1][item[i, : k + 1] > 0] == seq.item[inputs]).all()
+            assert seq.ts[inputs[-1] + 1] == seq.ts[t]  # nothing strictly earlier left out after the source
             seen.append(t)
+            source_of[t] = inputs[-1]
     assert sorted(seen) == sorted(np.flatnonzero(w.counted))  # each counted target in exactly one window
     ties = seq.ts[train.target] == seq.ts[train.target - 1]
-    assert sorted(seen) == sorted(train.target[~ties])  # every training target but the tied ones
+    untied = train.target[~ties]
+    if tied == "skip":
+        assert sorted(seen) == sorted(untied)  # every training target but the tied ones
+    else:
+        assert set(untied) <= set(seen) and all(source_of[t] == t - 1 for t in untied)
+        assert ties[~np.isin(train.target, seen)].all()  # only tied ones, whose source is before their window
+
+
+def test_a_target_tied_with_the_events_before_it_reads_the_output_before_the_tie():
+    seq = _sequences([[0, 1, 1, 1, 2, 3]])  # events 1..3 share a time: 2 and 3 are tied targets
+    w = build_windows(seq, "loo", None, None, 1, 4)  # training targets: flat 1..3 (4 valid, 5 test)
+    b = WindowDataset(seq, w, 4).__getitems__(np.arange(len(w)))
+    assert np.flatnonzero(w.counted).tolist() == [1, 2, 3] and w.end.tolist() == [3]
+    # window inputs: [pad, 0, 1, 2] -> targets after each input: -, 1, 2, 3; sources: 1 <- event 0, 2 <- event 0, 3 <- event 0
+    assert b["pos_target"][0].tolist() == [0, int(seq.item[1]), int(seq.item[2]), int(seq.item[3])]
+    assert b["pos_source"][0].tolist() == [0, 1, 1, 1]
+    skip = build_windows(seq, "loo", None, None, 1, 4, "skip")
+    assert np.flatnonzero(skip.counted).tolist() == [1]
 
 
 @settings(max_examples=40, deadline=None)
@@ -341,14 +364,19 @@ def test_all_position_loss_is_the_mean_over_counted_positions(loss, taobao_split
                       next_item=NextItemOptions(targets="all", loss=loss, negatives=5, sampler="uniform"))
     r = NextItemRun(cfg)
     train_data = r.data()[0]
-    batch = train_data.__getitems__(np.arange(min(8, len(train_data))))
+    everything = train_data.__getitems__(np.arange(len(train_data)))
+    tied = ((everything["pos_source"] != torch.arange(20)) & (everything["pos_target"] > 0)).any(1)
+    rows = np.r_[np.flatnonzero(tied.numpy())[:4], np.flatnonzero(~tied.numpy())[:4]]
+    assert tied.sum() >= 2  # the real slice has same-second events: some targets read the output before a tie
+    batch = train_data.__getitems__(rows)
     counted = batch["pos_target"] > 0
     assert counted.sum() > counted.shape[0]  # several targets per window
     torch.manual_seed(5)
     got, _ = r.loss(batch)
     torch.manual_seed(5)  # the same negatives, drawn for the flattened counted positions
     pos = batch["pos_target"][counted].long()
-    u = r.model.encode_seq(batch)[0][counted]
+    u = r.model.encode_seq(batch)[0]
+    u = torch.stack([u[i, batch["pos_source"][i]] for i in range(len(rows))])[counted]  # each target's source output
     w, bias = r.model.output()
     if loss == "ce":
         want = torch.nn.functional.cross_entropy((u @ w.T + bias).index_fill(1, torch.tensor([0]), -math.inf), pos)
@@ -356,6 +384,37 @@ def test_all_position_loss_is_the_mean_over_counted_positions(loss, taobao_split
         items = torch.cat([pos[:, None], r.sampler.sample(pos, 5)], 1)
         want = next_item_loss(loss, (u[:, None] * w[items]).sum(-1) + bias[items], pos)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", PER_POSITION)
+def test_a_tied_target_is_scored_from_the_output_before_the_tie_on_real_data(name, taobao_split, tmp_path):
+    cfg = TrainConfig(model=name, data=str(taobao_split), out=str(tmp_path / "r"), device="cpu", threads=1,
+                      params={"emb_dim": 16, "max_len": 20, "dropout": 0.0} | ({"seg_len": 5} if name == "dman" else {}),
+                      next_item=NextItemOptions(targets="all", loss="ce"))
+    r = NextItemRun(cfg)
+    r.model.eval()
+    data = r.data()[0]
+    every = data.__getitems__(np.arange(len(data)))
+    slot = torch.arange(20).expand_as(every["pos_source"])
+    moved = (every["pos_source"] != slot) & (every["pos_target"] > 0)  # same-second events in the Taobao slice
+    rows = np.flatnonzero(moved.any(1).numpy())
+    assert rows.size >= 2
+    batch = data.__getitems__(rows)
+    batch["pos_target"] = torch.where(moved[rows], batch["pos_target"], 0)  # only the tied targets count
+    with torch.no_grad():
+        got, _ = r.loss(batch)
+        u = r.model.encode_seq(batch)[0]
+    counted = batch["pos_target"] > 0
+    pos = batch["pos_target"][counted].long()
+    w, bias = r.model.output()
+
+    def ce(v):
+        scores = r.model.item_scores(v, w, bias).index_fill(1, torch.tensor([0]), -math.inf)
+        return torch.nn.functional.cross_entropy(scores, pos)
+
+    src = u.gather(1, batch["pos_source"][..., None].expand(-1, -1, u.shape[-1]))[counted]
+    torch.testing.assert_close(got, ce(src))
+    assert (got - ce(u[counted])).abs() > 1e-4  # the output at the tie itself would give another loss
 
 
 def test_targets_all_needs_a_per_position_model_and_stride_1(taobao_split, tmp_path):

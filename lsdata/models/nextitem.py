@@ -92,12 +92,16 @@ class NextItemModel(nn.Module):
     def forward(self, batch: dict[str, Tensor], items: Tensor | None = None,
                 positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Logits of every item (``items`` None) or of ``items`` ``[N, C]``, for the last position of each sample
-        (``N = B``) or, given ``positions`` (bool ``[B, L]``), for those positions of :meth:`encode_seq`, flattened
-        in row-major order (``N = positions.sum()``); and the extra loss."""
+        (``N = B``) or, given ``positions`` (bool ``[B, L]``: the counted targets of all-position windows), for the
+        targets at those positions, flattened in row-major order (``N = positions.sum()``), each scored from the
+        :meth:`encode_seq` output at its ``batch["pos_source"]`` position (the same position if absent); and the
+        extra loss."""
         if positions is None:
             u, extra = self.encode(batch)
         else:
             u, extra = self.encode_seq(batch)
+            if "pos_source" in batch:  # a target tied in time with the events before it reads the output before the tie
+                u = u.gather(1, batch["pos_source"].long()[..., None].expand(-1, -1, u.shape[-1]))
             u = u[positions]
         w, b = self.output()
         if items is None:
