@@ -193,6 +193,10 @@ class NextItemOptions(_Opts):
         "output before the tie, see tied_targets; needs a model with a per-position encoder and stride 1). "
         "Validation and test are one target per sample either way. None = the model's default (all for sasrec and "
         "dman, else last)")
+    horizon: int | None = Field(
+        None, ge=1, description="targets last: each training history also predicts the next horizon - 1 training "
+        "targets after its own (Caser's T: official 3), one sample per (history, target); None = the model's default "
+        "(1 unless its paper trains on several)")
     tied_targets: Literal["earlier", "skip"] = Field(
         "earlier", description="targets all: a training target tied in time with the event before it is predicted "
         "from the causal output at its last strictly earlier event (earlier; the history --targets last gives it) "

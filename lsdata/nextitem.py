@@ -17,6 +17,9 @@ Which positions are targets
 * **Stride** ``s`` (``NextItemOptions.stride``, training targets only): of a user's training positions, every
   ``s``-th counted back from the most recent one (``s = 1``: every position, the sliding window). Validation
   and test keep every eligible position.
+* **Horizon** ``T`` (``NextItemOptions.horizon``, ``--targets last`` training only; Caser's multi-target
+  samples, :func:`extend_horizon`): each training history also predicts the next ``T - 1`` training targets after
+  its own, each as a sample with that same (strictly earlier) history.
 
 All-position training samples (``--targets all``, :func:`build_windows`, :class:`WindowDataset`)
 -------------------------------------------------------------------------------------------------
@@ -143,6 +146,20 @@ def build_index(seq: Sequences, method: str, cut: int | None, valid_cut: int | N
     train &= (n_train[row] - 1 - (pos - start)) % stride == 0
     sets = {"train": train & eligible, "valid": valid & eligible, "test": test & eligible}
     return {k: Index(row[m], pos[m], hist_end[m]) for k, m in sets.items()}
+
+
+def extend_horizon(seq: Sequences, index: Index, train: np.ndarray, horizon: int) -> Index:
+    """Multi-target training samples (Caser's ``T``, ``--horizon``): the history of each sample of ``index`` also
+    predicts the ``horizon - 1`` events after its target, as long as they are training targets of the same row
+    (``train``: bool ``[n]``, the protocol's training targets before the stride; a prefix of every row). The
+    history stays the sample's own, so it is strictly earlier than every target it predicts. Returns one
+    single-target sample per (history, target) pair, grouped by history; ``horizon == 1`` returns ``index``."""
+    if horizon == 1:
+        return index
+    tgt = index.target[:, None] + np.arange(horizon)  # [S, T]
+    ok = (tgt < seq.offsets[index.row + 1][:, None]) & train.take(tgt, mode="clip")
+    n = ok.sum(1)
+    return Index(np.repeat(index.row, n), tgt[ok], np.repeat(index.hist_end, n))
 
 
 @dataclass

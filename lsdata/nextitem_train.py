@@ -5,7 +5,8 @@ and "test once with the validation-selected weights" are :func:`lsdata.train.tra
 * **Data**: :mod:`lsdata.nextitem` samples over ``sequences/`` under the dataset's split protocol
   (``lsdata split``: ``cut`` or ``loo``), windows of the model's ``max_len``. ``--targets`` (default the model's
   ``train_defaults``): ``last`` = one target per training sample; ``all`` = every counted position of a training
-  window is a target (``WindowDataset``), the loss below taken over the counted positions, flattened.
+  window is a target (``WindowDataset``), the loss below taken over the counted positions, flattened;
+  ``--horizon T`` (``last`` only) lets each training history also predict the next ``T - 1`` training targets.
 * **Losses** (``--loss``, default the model paper's): ``ce`` full softmax over all items; ``sampled_softmax``
   cross-entropy over the positive and ``negatives`` sampled items (with the popularity sampler the logits
   are logQ-corrected, ``s - log q``, as GRU4Rec/SDM); ``bce`` ``-log σ(s_pos) - mean log(1 - σ(s_neg))``
@@ -36,6 +37,7 @@ from lsdata.nextitem import (
     WindowDataset,
     build_index,
     build_windows,
+    extend_horizon,
     load_sequences,
     popularity,
     split_protocol,
@@ -78,6 +80,15 @@ class NextItemRun(Run):
             raise InputError(f"{cfg.data}: next-item training needs at least two items")
         self.windows = None
         train_targets = self.index["train"].target
+        self.horizon = o.horizon or td.get("horizon", 1)
+        if self.horizon > 1:
+            if self.targets == "all":
+                raise InputError("--horizon applies to --targets last; --targets all predicts every position already")
+            every = build_index(self.seqs, self.method, self.cut, self.valid_cut, o.warmup, 1)["train"].target
+            train = np.zeros(self.seqs.ts.size, dtype=bool)
+            train[every] = True
+            self.index["train"] = extend_horizon(self.seqs, self.index["train"], train, self.horizon)
+            train_targets = np.unique(self.index["train"].target)  # each event once (popularity, counts)
         if self.targets == "all":
             if not self.cls.per_position():
                 raise InputError(f"--targets all: {cfg.model} has no per-position encoder; use --targets last")
@@ -110,7 +121,7 @@ class NextItemRun(Run):
         if self.windows is not None:
             samples["train"] = len(self.windows)
         return {**super().resolved(), "task": "next_item", "split_method": self.method, "warnings": self.warnings,
-                "samples": samples, "train_targets": self.n_train_targets, "targets": self.targets,
+                "samples": samples, "train_targets": self.n_train_targets, "targets": self.targets, "horizon": self.horizon,
                 "loss": self.loss_kind, "negatives": self.negatives, "sampler": self.sampler_kind,
                 "pop_alpha": self.pop_alpha}
 

@@ -26,6 +26,7 @@ from lsdata.nextitem import (
     WindowDataset,
     build_index,
     build_windows,
+    extend_horizon,
     load_sequences,
     split_protocol,
 )
@@ -505,3 +506,41 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(taobao_split, tmp_
         train(cfg("b"), progress=kill)
     resumed = train(cfg("b"), resume=True)
     assert resumed["test"] == full["test"] and resumed["steps"] == full["steps"] == 6
+
+
+@settings(max_examples=60, deadline=None)
+@given(users=st.lists(user_ts, min_size=1, max_size=8), method=st.sampled_from(["cut", "loo"]),
+       cut=st.integers(0, 12), back=st.integers(0, 6), warmup=st.integers(1, 3), stride=st.integers(1, 3),
+       horizon=st.integers(1, 4))
+def test_horizon_samples_predict_the_next_training_targets_from_the_first_ones_history(
+        users, method, cut, back, warmup, stride, horizon):
+    seq = _sequences(users)
+    idx = build_index(seq, method, cut, cut - back, warmup, stride)["train"]
+    every = build_index(seq, method, cut, cut - back, warmup, 1)["train"].target
+    train = np.zeros(seq.ts.size, dtype=bool)
+    train[every] = True
+    got = extend_horizon(seq, idx, train, horizon)
+    want = [(r, t + k, e) for r, t, e in zip(idx.row, idx.target, idx.hist_end) for k in range(horizon)
+            if t + k < seq.offsets[r + 1] and train[t + k]]
+    assert list(zip(got.row, got.target, got.hist_end)) == want
+    for r, t, e in want:  # the history is strictly earlier than every target it predicts
+        assert (seq.ts[seq.offsets[r] : e] < seq.ts[t]).all()
+    if horizon == 1:
+        assert got is idx
+    if stride == 1:  # the sliding window: each training target predicted from up to `horizon` histories
+        counts = np.bincount(got.target, minlength=seq.ts.size)[every]
+        assert counts.max(initial=0) <= horizon and (counts >= 1).all()
+
+
+def test_caser_trains_with_three_targets_per_history(taobao_split, tmp_path):
+    cfg = TrainConfig(model="caser_next", data=str(taobao_split), out=str(tmp_path / "r"), device="cpu", threads=1,
+                      max_steps=3, params={"emb_dim": 8}, next_item=NextItemOptions(horizon=3))
+    r = NextItemRun(cfg)
+    one = NextItemRun(cfg.model_copy(update={"next_item": NextItemOptions(horizon=1)}))
+    assert r.horizon == 3 and one.horizon == 1
+    assert len(one.index["train"]) < len(r.index["train"]) <= 3 * len(one.index["train"])
+    assert r.n_train_targets == one.n_train_targets  # the same events, each predicted from more histories
+    m = train(cfg)
+    assert m["steps"] == 3 and json.loads((tmp_path / "r" / "config.json").read_text())["horizon"] == 3
+    with pytest.raises(InputError, match="horizon"):
+        NextItemRun(cfg.model_copy(update={"model": "sasrec", "next_item": NextItemOptions(horizon=3, targets="all")}))
