@@ -456,7 +456,7 @@ def train(
     warmup: Annotated[Optional[int], typer.Option(help="Next-item models: a position is a target only with at least this many earlier events (default 1).")] = None,
     stride: Annotated[Optional[int], typer.Option(help="Next-item models: every stride-th training position per user, back from the most recent (default 1 = all).")] = None,
     targets: Annotated[Optional[str], typer.Option(help="Next-item models: last (one target per training sample) | all (every position of a max_len window predicts its next event; default: the model's, all for sasrec and dman).")] = None,
-    horizon: Annotated[Optional[int], typer.Option(help="Next-item models, --targets last: each training history also predicts the next horizon-1 training targets (Caser's T; default: the model's, 1 unless its paper uses more).")] = None,
+    horizon: Annotated[Optional[int], typer.Option(help="Next-item models, --targets last: each training history also predicts the next horizon-1 training targets (Caser's T, 3 in its paper; default 1, one target per history).")] = None,
     tied_targets: Annotated[Optional[str], typer.Option(help="Next-item models, --targets all: earlier (a target tied in time with the event before it is predicted from the output at its last strictly earlier event; default) | skip (not counted).")] = None,
 ) -> None:
     """Train a model, select it on the validation split, score the test split once; writes config.json,

@@ -196,7 +196,7 @@ class NextItemOptions(_Opts):
     horizon: int | None = Field(
         None, ge=1, description="targets last: each training history also predicts the next horizon - 1 training "
         "targets after its own (Caser's T: official 3), one sample per (history, target); None = the model's default "
-        "(1 unless its paper trains on several)")
+        "(1 for every model: Caser's 3 was level on validation at 2.4-3x the epoch time, benchmarks/RESULTS.md)")
     tied_targets: Literal["earlier", "skip"] = Field(
         "earlier", description="targets all: a training target tied in time with the event before it is predicted "
         "from the causal output at its last strictly earlier event (earlier; the history --targets last gives it) "
