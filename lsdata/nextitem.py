@@ -148,10 +148,18 @@ def build_index(seq: Sequences, method: str, cut: int | None, valid_cut: int | N
     return {k: Index(row[m], pos[m], hist_end[m]) for k, m in sets.items()}
 
 
+def training_targets(seq: Sequences, method: str, cut: int | None, valid_cut: int | None, warmup: int) -> np.ndarray:
+    """Bool ``[n]``: the flat positions that are training targets of the protocol and pass the warm-up, every one
+    (no stride); a prefix of every row."""
+    mask = np.zeros(seq.ts.size, dtype=bool)
+    mask[build_index(seq, method, cut, valid_cut, warmup, 1)["train"].target] = True
+    return mask
+
+
 def extend_horizon(seq: Sequences, index: Index, train: np.ndarray, horizon: int) -> Index:
     """Multi-target training samples (Caser's ``T``, ``--horizon``): the history of each sample of ``index`` also
     predicts the ``horizon - 1`` events after its target, as long as they are training targets of the same row
-    (``train``: bool ``[n]``, the protocol's training targets before the stride; a prefix of every row). The
+    (``train``: :func:`training_targets`, before the stride). The
     history stays the sample's own, so it is strictly earlier than every target it predicts. Returns one
     single-target sample per (history, target) pair, grouped by history; ``horizon == 1`` returns ``index``."""
     if horizon == 1:
@@ -186,8 +194,7 @@ def build_windows(seq: Sequences, method: str, cut: int | None, valid_cut: int |
     if tied not in ("earlier", "skip"):
         raise InputError(f"unknown tied-target rule {tied!r} (earlier | skip)")
     source = history_ends(seq) - 1  # the warm-up (>= 1) keeps every target's source in its own row
-    counted = np.zeros(seq.ts.size, dtype=bool)
-    counted[build_index(seq, method, cut, valid_cut, warmup, 1)["train"].target] = True
+    counted = training_targets(seq, method, cut, valid_cut, warmup)
     if tied == "skip":
         counted[1:] &= seq.ts[:-1] < seq.ts[1:]
     pos = np.flatnonzero(counted)

@@ -41,6 +41,7 @@ from lsdata.nextitem import (
     load_sequences,
     popularity,
     split_protocol,
+    training_targets,
 )
 from lsdata.ranking import count_above, ranking_metrics
 from lsdata.train import Run, loader_generator, pq_rows
@@ -84,9 +85,7 @@ class NextItemRun(Run):
         if self.horizon > 1:
             if self.targets == "all":
                 raise InputError("--horizon applies to --targets last; --targets all predicts every position already")
-            every = build_index(self.seqs, self.method, self.cut, self.valid_cut, o.warmup, 1)["train"].target
-            train = np.zeros(self.seqs.ts.size, dtype=bool)
-            train[every] = True
+            train = training_targets(self.seqs, self.method, self.cut, self.valid_cut, o.warmup)
             self.index["train"] = extend_horizon(self.seqs, self.index["train"], train, self.horizon)
             train_targets = np.unique(self.index["train"].target)  # each event once (popularity, counts)
         if self.targets == "all":

@@ -29,6 +29,7 @@ from lsdata.nextitem import (
     extend_horizon,
     load_sequences,
     split_protocol,
+    training_targets,
 )
 from lsdata.nextitem_train import NextItemRun, next_item_loss
 from lsdata.ranking import count_above, ranking_metrics
@@ -122,7 +123,12 @@ def test_all_position_windows_predict_each_target_from_an_output_that_saw_only_e
         assert sorted(seen) == sorted(untied)  # every training target but the tied ones
     else:
         assert set(untied) <= set(seen) and all(source_of[t] == t - 1 for t in untied)
-        assert ties[~np.isin(train.target, seen)].all()  # only tied ones, whose source is before their window
+        lost = train.target[~np.isin(train.target, seen)]
+        assert ties[~np.isin(train.target, seen)].all()  # only tied ones...
+        last = {int(r): int(t) for r, t in zip(seq.row_of[train.target], train.target)}  # each row's last one
+        for t in lost:  # ...whose last strictly earlier event lies before the first input of their window
+            end = last[int(seq.row_of[t])] - (last[int(seq.row_of[t])] - t) // width * width
+            assert w.source[t] < end - width and seq.ts[w.source[t]] < seq.ts[t] == seq.ts[w.source[t] + 1]
 
 
 def test_a_target_tied_with_the_events_before_it_reads_the_output_before_the_tie():
@@ -517,8 +523,8 @@ def test_horizon_samples_predict_the_next_training_targets_from_the_first_ones_h
     seq = _sequences(users)
     idx = build_index(seq, method, cut, cut - back, warmup, stride)["train"]
     every = build_index(seq, method, cut, cut - back, warmup, 1)["train"].target
-    train = np.zeros(seq.ts.size, dtype=bool)
-    train[every] = True
+    train = training_targets(seq, method, cut, cut - back, warmup)
+    assert np.array_equal(np.flatnonzero(train), np.sort(every))
     got = extend_horizon(seq, idx, train, horizon)
     want = [(r, t + k, e) for r, t, e in zip(idx.row, idx.target, idx.hist_end) for k in range(horizon)
             if t + k < seq.offsets[r + 1] and train[t + k]]
